@@ -1,0 +1,1 @@
+"""trio_realtime (placeholder while the client lands)."""

@@ -1,0 +1,52 @@
+"""The sans-IO core of trio_realtime: usable from Trio, asyncio or plain synchronous code.
+
+Nothing in this package performs I/O, reads a clock or draws random numbers: callers pass
+frames in, get frames and events out, and pass ``now`` and an RNG where time and chance
+matter. ``tests/protocol/test_no_io.py`` enforces it.
+"""
+
+from .._errors import (
+    LocalProtocolError as LocalProtocolError,
+    RemoteProtocolError as RemoteProtocolError,
+)
+from ._backoff import BackoffPolicy as BackoffPolicy, RandomSource as RandomSource
+from ._channel_state import ChannelState as ChannelState, transition as transition
+from ._connection import ChannelCore as ChannelCore, ClientConnection as ClientConnection
+from ._events import (
+    Broadcast as Broadcast,
+    ChannelClosed as ChannelClosed,
+    ChannelErrored as ChannelErrored,
+    ConnectionEvent as ConnectionEvent,
+    Dropped as Dropped,
+    HeartbeatAcked as HeartbeatAcked,
+    PresenceJoin as PresenceJoin,
+    PresenceLeave as PresenceLeave,
+    PresenceSync as PresenceSync,
+    RealtimeEvent as RealtimeEvent,
+    Rejoined as Rejoined,
+    Reply as Reply,
+    ServerEvent as ServerEvent,
+    SystemMessage as SystemMessage,
+)
+from ._heartbeat import HeartbeatTimer as HeartbeatTimer
+from ._join import (
+    BroadcastConfig as BroadcastConfig,
+    ChannelConfig as ChannelConfig,
+    PresenceConfig as PresenceConfig,
+    topic_for as topic_for,
+)
+from ._messages import (
+    SUPPORTED_VSNS as SUPPORTED_VSNS,
+    Message as Message,
+    Serializer as Serializer,
+    V1Serializer as V1Serializer,
+    V2Serializer as V2Serializer,
+    decode_binary as decode_binary,
+    serializer_for as serializer_for,
+)
+from ._presence import (
+    PresenceTracker as PresenceTracker,
+    sync_diff as sync_diff,
+    sync_state as sync_state,
+    transform as transform,
+)

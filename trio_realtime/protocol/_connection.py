@@ -1,0 +1,340 @@
+"""The client side of a Phoenix/Realtime connection, without I/O.
+
+Theory of operation
+-------------------
+:class:`ClientConnection` is a state machine fed by its driver:
+
+* outgoing: ``join``/``leave``/``push``/``send_heartbeat`` return the frame to put on the wire
+  (``str`` text or ``bytes`` binary) and update the state. Nothing is sent by this module.
+* incoming: ``receive(frame, now)`` decodes one frame and returns the events it produced:
+  subscription events (:data:`RealtimeEvent`, each carrying its ``topic``) and connection
+  events (:class:`Reply`, :class:`HeartbeatAcked`, :class:`ChannelClosed`). A malformed frame
+  raises :class:`RemoteProtocolError` and changes nothing.
+* time: the driver passes ``now``; ``heartbeat.deadline()`` says when to call
+  ``heartbeat_due(now)`` next.
+* ``connection_lost()`` moves every live channel to ERRORED (they must be rejoined on the next
+  connection) and forgets every pending reply.
+
+Refs come from a per-connection counter (decimal strings from "1"). Replies are matched by
+ref. Stale messages (those carrying a ``join_ref`` of an earlier join of the channel, and
+``phx_close``/``phx_error`` whose ref is not the current join ref) are dropped, as
+phoenix.js does, so an old join's close can never end a new join.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from .._errors import LocalProtocolError, RemoteProtocolError
+from ._channel_state import ChannelState, Trigger, transition
+from ._events import (
+    Broadcast,
+    ChannelClosed,
+    ChannelErrored,
+    ConnectionEvent,
+    HeartbeatAcked,
+    RealtimeEvent,
+    Reply,
+    ServerEvent,
+    SystemMessage,
+)
+from ._heartbeat import HeartbeatTimer
+from ._messages import Message, Serializer, serializer_for
+from ._presence import PresenceTracker
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = ["ChannelCore", "ClientConnection", "Event"]
+
+Event = RealtimeEvent | ConnectionEvent
+
+_S = ChannelState
+
+
+@attrs.define(eq=False)
+class ChannelCore:
+    """Protocol state of one channel on one connection."""
+
+    topic: str
+    state: ChannelState = ChannelState.CLOSED
+    join_ref: str | None = None
+    #: The message of the last ``system`` error: the reason of the ``phx_close`` that follows.
+    close_reason: str | None = None
+    presence: PresenceTracker = attrs.field(init=False)
+    #: Set once the first join succeeded (later joins are rejoins).
+    joined_once: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.presence = PresenceTracker(self.topic)
+
+    def _to(self, trigger: Trigger) -> None:
+        self.state = transition(self.topic, self.state, trigger)
+
+
+class ClientConnection:
+    """Client protocol state for one WebSocket connection's worth of channels.
+
+    Args:
+        vsn: "1.0.0" (JSON objects) or "2.0.0" (JSON arrays + binary broadcasts).
+        heartbeat_interval: seconds between heartbeats.
+        heartbeat_timeout: seconds a heartbeat may go unanswered (default: the interval).
+    """
+
+    def __init__(
+        self,
+        vsn: str = "2.0.0",
+        *,
+        heartbeat_interval: float = 25.0,
+        heartbeat_timeout: float | None = None,
+    ) -> None:
+        self.serializer: Serializer = serializer_for(vsn, "client")
+        self.vsn = self.serializer.vsn
+        self.heartbeat = HeartbeatTimer(
+            interval=heartbeat_interval,
+            timeout=heartbeat_interval if heartbeat_timeout is None else heartbeat_timeout,
+        )
+        self.channels: dict[str, ChannelCore] = {}
+        self._pending: dict[str, tuple[str, str]] = {}
+        self._ref = 0
+        #: Frames for topics with no channel here (late messages after a leave), dropped.
+        self.unroutable = 0
+
+    # -- refs -------------------------------------------------------------------------
+
+    def make_ref(self) -> str:
+        self._ref += 1
+        return str(self._ref)
+
+    @property
+    def pending_refs(self) -> int:
+        """Pushes still waiting for a reply."""
+        return len(self._pending)
+
+    def forget(self, ref: str) -> None:
+        """Stop waiting for the reply to ``ref`` (the driver gave up on it)."""
+        self._pending.pop(ref, None)
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self, now: float) -> None:
+        self.heartbeat.start(now)
+
+    def connection_lost(self, reason: str) -> list[ChannelErrored]:
+        """The socket is gone: live channels become ERRORED, pending replies are void."""
+        events: list[ChannelErrored] = []
+        for ch in self.channels.values():
+            if ch.state in (_S.JOINING, _S.JOINED):
+                ch._to("error")
+                events.append(ChannelErrored(topic=ch.topic, reason=reason))
+            elif ch.state is _S.LEAVING:
+                ch._to("error")
+        self._pending.clear()
+        self.heartbeat.stop()
+        return events
+
+    # -- channels --------------------------------------------------------------------------
+
+    def add_channel(self, topic: str) -> ChannelCore:
+        if topic in self.channels:
+            raise LocalProtocolError(f"channel {topic!r} already exists on this connection")
+        ch = self.channels[topic] = ChannelCore(topic)
+        return ch
+
+    def remove_channel(self, topic: str) -> None:
+        ch = self.channels.get(topic)
+        if ch is None:
+            return
+        if ch.state is not _S.CLOSED:
+            raise LocalProtocolError(f"cannot remove channel {topic!r}: it is {ch.state.name}")
+        del self.channels[topic]
+        for ref, (t, _) in list(self._pending.items()):
+            if t == topic:
+                del self._pending[ref]
+
+    def _channel(self, topic: str) -> ChannelCore:
+        try:
+            return self.channels[topic]
+        except KeyError:
+            raise LocalProtocolError(f"no channel {topic!r} on this connection") from None
+
+    def join(self, topic: str, payload: Mapping[str, Any]) -> tuple[str, str | bytes]:
+        """Start (re)joining; returns ``(ref, frame)``. The ref is also the new join_ref."""
+        ch = self._channel(topic)
+        ch._to("join")
+        ref = self.make_ref()
+        ch.join_ref = ref
+        ch.close_reason = None
+        self._pending[ref] = (topic, "phx_join")
+        return ref, self.serializer.encode(
+            Message(join_ref=ref, ref=ref, topic=topic, event="phx_join", payload=dict(payload))
+        )
+
+    def join_timed_out(self, topic: str) -> None:
+        ch = self._channel(topic)
+        if ch.join_ref is not None:
+            self._pending.pop(ch.join_ref, None)
+        ch._to("timeout")
+
+    def leave(self, topic: str) -> tuple[str, str | bytes]:
+        """Start leaving; returns ``(ref, frame)``."""
+        ch = self._channel(topic)
+        ch._to("leave")
+        ref = self.make_ref()
+        self._pending[ref] = (topic, "phx_leave")
+        return ref, self.serializer.encode(
+            Message(join_ref=ch.join_ref, ref=ref, topic=topic, event="phx_leave", payload={})
+        )
+
+    def close_channel(self, topic: str) -> None:
+        """Mark the channel CLOSED locally (a fatal rejection, a finished leave, a give-up)."""
+        ch = self._channel(topic)
+        if ch.state is not _S.CLOSED:
+            ch._to("close")
+
+    def push(
+        self, topic: str, event: str, payload: Any, *, expect_reply: bool = True
+    ) -> tuple[str, str | bytes]:
+        """Encode a push on a JOINED channel; returns ``(ref, frame)``.
+
+        Raises:
+            LocalProtocolError: the channel is not JOINED, or the payload cannot be encoded
+                (e.g. ``bytes`` on vsn 1.0.0).
+        """
+        ch = self._channel(topic)
+        if ch.state is not _S.JOINED:
+            raise LocalProtocolError(
+                f"cannot push {event!r} on {topic!r}: channel is {ch.state.name}, not JOINED"
+            )
+        ref = self.make_ref()
+        frame = self.serializer.encode(
+            Message(join_ref=ch.join_ref, ref=ref, topic=topic, event=event, payload=payload)
+        )
+        if expect_reply:
+            self._pending[ref] = (topic, event)
+        return ref, frame
+
+    # -- heartbeat ---------------------------------------------------------------------------
+
+    def heartbeat_due(self, now: float) -> Literal["send", "dead"] | None:
+        return self.heartbeat.poll(now)
+
+    def send_heartbeat(self, now: float) -> str | bytes:
+        ref = self.make_ref()
+        self.heartbeat.sent(ref, now)
+        return self.serializer.encode(Message(topic="phoenix", event="heartbeat", ref=ref, payload={}))
+
+    # -- incoming ----------------------------------------------------------------------------
+
+    def receive(self, data: str | bytes, now: float) -> list[Event]:
+        """Decode one frame; return the events it produced (possibly none)."""
+        msg = self.serializer.decode(data)
+        if msg.event == "phx_reply":
+            return self._on_reply(msg, now)
+        ch = self.channels.get(msg.topic)
+        if ch is None:
+            self.unroutable += 1
+            return []
+        event = msg.event
+        if event in ("phx_close", "phx_error"):
+            stale_ref = msg.join_ref if msg.join_ref is not None else msg.ref
+            if stale_ref is not None and stale_ref != ch.join_ref:
+                return []
+        elif msg.join_ref is not None and msg.join_ref != ch.join_ref:
+            return []
+        payload = msg.payload
+        if event == "broadcast":
+            if not isinstance(payload, dict):
+                raise RemoteProtocolError(f"broadcast on {msg.topic!r} has a non-object payload")
+            meta = payload.get("meta")
+            return [
+                Broadcast(
+                    topic=ch.topic,
+                    event=str(payload.get("event", "")),
+                    payload=payload.get("payload"),
+                    meta=meta if isinstance(meta, dict) else None,
+                )
+            ]
+        if event == "presence_state":
+            if not isinstance(payload, dict):
+                raise RemoteProtocolError(f"presence_state on {msg.topic!r} is not an object")
+            return list(ch.presence.on_state(payload, ch.join_ref))
+        if event == "presence_diff":
+            if not isinstance(payload, dict):
+                raise RemoteProtocolError(f"presence_diff on {msg.topic!r} is not an object")
+            return list(ch.presence.on_diff(payload, ch.join_ref))
+        if event == "system":
+            return [self._on_system(ch, payload)]
+        if event == "phx_close":
+            return self._on_close(ch)
+        if event == "phx_error":
+            if ch.state is _S.LEAVING:
+                ch._to("error")
+                return []
+            if ch.state in (_S.JOINED, _S.JOINING):
+                ch._to("error")
+                return [
+                    ChannelErrored(
+                        topic=ch.topic,
+                        reason="the server reported the channel crashed (phx_error)",
+                    )
+                ]
+            return []
+        return [ServerEvent(topic=ch.topic, event=event, payload=payload)]
+
+    def _on_system(self, ch: ChannelCore, payload: Any) -> SystemMessage:
+        if not isinstance(payload, dict):
+            raise RemoteProtocolError(f"system message on {ch.topic!r} is not an object")
+        sysmsg = SystemMessage(
+            topic=ch.topic,
+            extension=str(payload.get("extension", "")),
+            status=str(payload.get("status", "")),
+            message=str(payload.get("message", "")),
+            channel=payload.get("channel") if isinstance(payload.get("channel"), str) else None,
+        )
+        if sysmsg.status == "error" and sysmsg.extension == "system":
+            ch.close_reason = sysmsg.message
+        return sysmsg
+
+    def _on_close(self, ch: ChannelCore) -> list[Event]:
+        if ch.state is _S.CLOSED:
+            return []
+        was_leaving = ch.state is _S.LEAVING
+        ch._to("close")
+        if was_leaving:
+            return []
+        reason = ch.close_reason or "the server closed the channel (phx_close)"
+        return [ChannelClosed(topic=ch.topic, reason=reason)]
+
+    def _on_reply(self, msg: Message, now: float) -> list[Event]:
+        payload = msg.payload
+        if not isinstance(payload, dict) or "status" not in payload:
+            raise RemoteProtocolError(
+                f"phx_reply on {msg.topic!r} must be an object with a 'status', got {payload!r:.80}"
+            )
+        status = str(payload["status"])
+        response = payload.get("response")
+        if msg.topic == "phoenix":
+            rtt = self.heartbeat.acked(msg.ref, now)
+            return [] if rtt is None else [HeartbeatAcked(rtt=rtt)]
+        if msg.ref is None:
+            return []
+        pending = self._pending.pop(msg.ref, None)
+        if pending is None:
+            return []  # a reply we stopped waiting for
+        topic, event = pending
+        reply = Reply(ref=msg.ref, topic=topic, event=event, status=status, response=response)
+        ch = self.channels.get(topic)
+        if ch is None:
+            return [reply]
+        if event == "phx_join" and msg.ref == ch.join_ref and ch.state is _S.JOINING:
+            if status == "ok":
+                ch._to("join_ok")
+                ch.joined_once = True
+            else:
+                ch._to("join_error")
+        elif event == "phx_leave" and ch.state is _S.LEAVING:
+            ch._to("close")
+        return [reply]

@@ -1,1 +1,64 @@
-"""trio_realtime (placeholder while the client lands)."""
+"""trio_realtime: a Trio-native client for Supabase Realtime, with a reference server.
+
+Broadcast, presence and postgres_changes over one WebSocket, with structured lifetimes: a
+client is an ``async with open_realtime(...)`` block, a subscription is an
+``async with client.channel(...)`` block, and nothing outlives its block.
+"""
+
+from ._client import (
+    ClientStatistics as ClientStatistics,
+    RealtimeClient as RealtimeClient,
+    TokenSource as TokenSource,
+    open_realtime as open_realtime,
+)
+from ._config import OverflowPolicy as OverflowPolicy, RealtimeConfig as RealtimeConfig
+from ._connection_state import ConnectionState as ConnectionState
+from ._errors import (
+    ConnectionLost as ConnectionLost,
+    HandshakeFailed as HandshakeFailed,
+    InternalError as InternalError,
+    JoinError as JoinError,
+    JoinRejected as JoinRejected,
+    JoinTimedOut as JoinTimedOut,
+    LocalProtocolError as LocalProtocolError,
+    ProtocolError as ProtocolError,
+    PushError as PushError,
+    PushRejected as PushRejected,
+    PushTimedOut as PushTimedOut,
+    RealtimeError as RealtimeError,
+    RemoteProtocolError as RemoteProtocolError,
+    SubscriptionClosed as SubscriptionClosed,
+    TransportError as TransportError,
+)
+from ._subscription import Subscription as Subscription, SubscriptionStatistics as SubscriptionStatistics
+from ._version import __version__ as __version__
+from .protocol import (
+    BackoffPolicy as BackoffPolicy,
+    Broadcast as Broadcast,
+    BroadcastConfig as BroadcastConfig,
+    ChannelErrored as ChannelErrored,
+    ChannelState as ChannelState,
+    Dropped as Dropped,
+    PresenceConfig as PresenceConfig,
+    PresenceJoin as PresenceJoin,
+    PresenceLeave as PresenceLeave,
+    PresenceSync as PresenceSync,
+    RealtimeEvent as RealtimeEvent,
+    Rejoined as Rejoined,
+    ServerEvent as ServerEvent,
+    SystemMessage as SystemMessage,
+)
+
+
+def _fix_module() -> None:
+    # Show public names as trio_realtime.X, not trio_realtime._client.X (as trio does).
+    for name, value in list(globals().items()):
+        if not name.startswith("_") and getattr(value, "__module__", "").startswith("trio_realtime."):
+            try:
+                value.__module__ = __name__
+            except (AttributeError, TypeError):
+                pass
+
+
+_fix_module()
+del _fix_module

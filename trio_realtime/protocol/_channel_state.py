@@ -13,7 +13,8 @@ surfaces at the transition that went wrong rather than as a confused server.
                         |                   |                  ^
                         +--join_error/------+--error-----------|---> ERRORED --join--> JOINING
                            timeout/error                       |
-    (close is legal from every state but CLOSED: the server or the user ended it)
+    (close is legal from every state but CLOSED: the server or the user ended it;
+     leave is legal from ERRORED too, to undo a join whose reply never came)
 
 ``ERRORED`` means "should be joined, is not": the driver rejoins it after a backoff. ``close``
 from ``JOINING``/``JOINED``/``ERRORED`` is the server's ``phx_close`` or a fatal rejection.
@@ -58,6 +59,8 @@ TRANSITIONS: Final[dict[tuple[ChannelState, str], ChannelState]] = {
     (_S.ERRORED, "error"): _S.ERRORED,
     (_S.JOINING, "leave"): _S.LEAVING,
     (_S.JOINED, "leave"): _S.LEAVING,
+    # A join that timed out may still be applied by the server: leaving makes sure it is not.
+    (_S.ERRORED, "leave"): _S.LEAVING,
     (_S.JOINING, "close"): _S.CLOSED,
     (_S.JOINED, "close"): _S.CLOSED,
     (_S.LEAVING, "close"): _S.CLOSED,

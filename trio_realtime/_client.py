@@ -1,0 +1,853 @@
+"""The Trio client: ``open_realtime`` and :class:`RealtimeClient`.
+
+Theory of operation
+-------------------
+``open_realtime`` owns one nursery. In it runs one task, the *supervisor* (``_run``), which
+owns the connection: for each connection it opens a transport and an inner nursery holding the
+connection's sibling tasks — the *reader* (the only task that reads the socket), the
+*heartbeat*, and one short-lived *rejoin* task per channel that must be joined again. When
+any of them finds the connection dead it records the reason and cancels the inner nursery;
+siblings never raise for an expected failure, so the only exceptions that can escape are bugs.
+The supervisor then marks every live channel ERRORED (subscribers see ``ChannelErrored``),
+fails waiting pushes with ``ConnectionLost``, sleeps the backoff delay and reconnects.
+
+The reader decodes each batch of frames from one socket read with the sans-IO
+``ClientConnection`` and routes events straight into the subscribers' bounded memory channels
+with ``send_nowait`` — no task hop, and a full queue never blocks the reader (the overflow
+policy decides). Replies resolve waiters keyed by ref.
+
+Writes from any task go through ``_send_frame`` under one ``StrictFIFOLock``, so frames leave
+in the order their refs were made.
+
+Who joins a channel: the *first* join is done by the task that entered
+``client.channel(...)`` (so it can raise ``JoinRejected``/``JoinTimedOut`` to its caller); it
+retries by itself if the connection drops mid-join. Every later join (after a lost connection
+or a ``phx_error``) is done by a rejoin task of the connection, with a fresh token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, final
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import attrs
+import trio
+
+from ._config import OverflowPolicy, RealtimeConfig
+from ._connection_state import ConnectionState
+from ._errors import (
+    ConnectionLost,
+    InternalError,
+    JoinRejected,
+    JoinTimedOut,
+    LocalProtocolError,
+    PushRejected,
+    PushTimedOut,
+    RemoteProtocolError,
+    SubscriptionClosed,
+    TransportError,
+)
+from ._subscription import Subscription, _Channel, _Outgoing
+from ._transport import Transport, connect_websocket
+from ._util import NoPublicConstructor
+from .protocol import (
+    BroadcastConfig,
+    ChannelClosed,
+    ChannelConfig,
+    ChannelErrored,
+    ChannelState,
+    ClientConnection,
+    HeartbeatAcked,
+    PresenceConfig,
+    RealtimeEvent,
+    Rejoined,
+    Reply,
+    topic_for,
+)
+
+__all__ = ["ClientStatistics", "RealtimeClient", "TokenSource", "open_realtime"]
+
+log = logging.getLogger("trio_realtime.client")
+
+#: A token, or an async callable returning the current one (called before every (re)join).
+TokenSource = str | Callable[[], Awaitable[str | None]] | None
+#: Opens a transport to a full WebSocket URL (the seam tests and benchmarks replace).
+TransportFactory = Callable[[str], Awaitable[Transport]]
+
+
+@attrs.frozen(kw_only=True)
+class ClientStatistics:
+    """A snapshot of a client, from :meth:`RealtimeClient.statistics`.
+
+    Attributes:
+        state: the connection state.
+        connection_attempts: transports we tried to open.
+        connections: transports that opened.
+        reconnects: connections after the first.
+        connection_losses: connections that died (heartbeat, socket, server close).
+        uptime: seconds the current connection has been open (0 when disconnected).
+        channels: channels on this client.
+        joined_channels: channels currently joined.
+        queued_events: events waiting in all subscription queues.
+        dropped_events: events dropped on overflow, all subscriptions.
+        pending_pushes: pushes buffered until their channel is joined.
+        frames_received, frames_sent: WebSocket messages in and out.
+        protocol_errors: malformed or unexpected frames dropped.
+        heartbeats_sent: heartbeats sent.
+        last_heartbeat_rtt: seconds the last heartbeat took (None before the first reply).
+    """
+
+    state: ConnectionState
+    connection_attempts: int
+    connections: int
+    reconnects: int
+    connection_losses: int
+    uptime: float
+    channels: int
+    joined_channels: int
+    queued_events: int
+    dropped_events: int
+    pending_pushes: int
+    frames_received: int
+    frames_sent: int
+    protocol_errors: int
+    heartbeats_sent: int
+    last_heartbeat_rtt: float | None
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    """Someone waiting for the reply to one ref."""
+
+    event: trio.Event = attrs.field(factory=trio.Event)
+    reply: Reply | None = None
+    error: BaseException | None = None
+
+    def resolve(self, reply: Reply) -> None:
+        self.reply = reply
+        self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+    async def wait(self) -> Reply:
+        await self.event.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.reply is not None
+        return self.reply
+
+
+def _websocket_url(url: str, api_key: str | None, config: RealtimeConfig) -> str:
+    """``ws://host/realtime/v1`` -> ``ws://host/realtime/v1/websocket?apikey=...&vsn=...``."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
+    if scheme not in ("ws", "wss"):
+        raise LocalProtocolError(
+            f"realtime URL must start with ws://, wss://, http:// or https://, got {_redact(url)!r}"
+        )
+    path = parts.path.rstrip("/")
+    if not path.endswith("/websocket"):
+        path += "/websocket"
+    query: dict[str, str] = dict(config.params)
+    if api_key is not None:
+        query["apikey"] = api_key
+    query["vsn"] = config.vsn
+    extra = parts.query + "&" if parts.query else ""
+    return urlunsplit((scheme, parts.netloc, path, extra + urlencode(query), ""))
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "…" if parts.query else "", ""))
+
+
+@final
+class RealtimeClient(metaclass=NoPublicConstructor):
+    """A connection to a Realtime server, shared by any number of channels.
+
+    Built by :func:`open_realtime`; there is no public constructor.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None,
+        access_token: TokenSource,
+        config: RealtimeConfig,
+        transport_factory: TransportFactory | None,
+    ) -> None:
+        self._config = config
+        self._ws_url = _websocket_url(url, api_key, config)
+        self._display_url = _redact(self._ws_url)
+        self._token_source: TokenSource = access_token
+        if transport_factory is None:
+
+            async def default_factory(full_url: str) -> Transport:
+                return await connect_websocket(
+                    full_url,
+                    receive_size=config.receive_size,
+                    max_message_size=config.max_message_size,
+                )
+
+            transport_factory = default_factory
+        self._transport_factory: TransportFactory = transport_factory
+        self._conn = ClientConnection(
+            config.vsn,
+            heartbeat_interval=config.heartbeat_interval,
+            heartbeat_timeout=config.heartbeat_timeout,
+        )
+        self._channels: dict[str, _Channel] = {}
+        self._waiters: dict[str, _Waiter] = {}
+        self._transport: Transport | None = None
+        self._send_lock = trio.StrictFIFOLock()
+        self._connected = trio.Event()
+        self._connection_scope: trio.CancelScope | None = None
+        self._lost_reason: str | None = None
+        self._closed = False
+        self._state = ConnectionState.CONNECTING
+        self._state_watchers: list[trio.MemorySendChannel[ConnectionState]] = []
+        self._connected_at: float | None = None
+        self._counters = dict.fromkeys(
+            (
+                "connection_attempts",
+                "connections",
+                "connection_losses",
+                "frames_received",
+                "frames_sent",
+                "protocol_errors",
+                "heartbeats_sent",
+            ),
+            0,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RealtimeClient {self._display_url} {self._state.value}, {len(self._channels)} channels>"
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def config(self) -> RealtimeConfig:
+        return self._config
+
+    @property
+    def state(self) -> ConnectionState:
+        """The connection state right now."""
+        return self._state
+
+    async def wait_connected(self) -> None:
+        """Wait until a connection is open (returns at once if it is). A checkpoint.
+
+        Raises:
+            trio.ClosedResourceError: the client is closed.
+        """
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("the realtime client is closed")
+            if self._transport is not None:
+                await trio.lowlevel.checkpoint()
+                return
+            await self._connected.wait()
+
+    @asynccontextmanager
+    async def watch_state(
+        self, buffer: int = 64
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[ConnectionState]]:
+        """Watch connection state changes: ``connecting``, ``connected``, ``reconnecting``, ``closed``.
+
+        The channel yields the current state first, then every change. If you fall more than
+        ``buffer`` changes behind, the newest changes are dropped (the ``state`` property stays
+        exact).
+        """
+        send, receive = trio.open_memory_channel[ConnectionState](buffer)
+        send.send_nowait(self._state)
+        self._state_watchers.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            self._state_watchers.remove(send)
+            send.close()
+
+    @asynccontextmanager
+    async def channel(
+        self,
+        name: str,
+        *,
+        broadcast: BroadcastConfig | None = None,
+        presence: PresenceConfig | bool | None = None,
+        private: bool = False,
+        buffer: int | None = None,
+        overflow: OverflowPolicy | None = None,
+    ) -> AsyncIterator[Subscription]:
+        """Join channel ``name`` for the duration of the block.
+
+        ``name`` is the sub-topic ("room1"); the wire topic is ``realtime:room1``. The block
+        is entered once the server accepted the join; leaving it leaves the channel (shielded,
+        bounded by ``leave_timeout``), so no server-side join outlives it. If the connection is
+        down when you enter, the join waits for it.
+
+        Args:
+            broadcast: ack and self-delivery options (default: neither).
+            presence: a :class:`PresenceConfig`, or True to receive presence with a
+                server-chosen key.
+            private: join as a private channel (the server authorizes with your token).
+            buffer: this subscription's queue size (default ``config.subscription_buffer``).
+            overflow: this subscription's overflow policy (default ``config.overflow``).
+
+        Raises:
+            JoinRejected: the server refused the join (its reason is in the message).
+            JoinTimedOut: no reply within ``join_timeout``.
+            LocalProtocolError: this client already has a subscription on that topic.
+            trio.ClosedResourceError: the client is closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("the realtime client is closed")
+        topic = topic_for(name)
+        if topic in self._channels:
+            raise LocalProtocolError(
+                f"this client already has a subscription to {topic!r}; use one subscription per "
+                "topic (shared subscriptions come with the seed features)"
+            )
+        if presence is True:
+            presence_config = PresenceConfig(enabled=True)
+        elif presence is None or presence is False:
+            presence_config = PresenceConfig(enabled=False)
+        else:
+            presence_config = presence
+        config = ChannelConfig(
+            broadcast=broadcast or BroadcastConfig(), presence=presence_config, private=private
+        )
+        capacity = self._config.subscription_buffer if buffer is None else buffer
+        send, receive = trio.open_memory_channel[RealtimeEvent](capacity)
+        core = self._conn.add_channel(topic)
+        ch = _Channel(
+            topic=topic,
+            config=config,
+            core=core,
+            send=send,
+            receive=receive,
+            capacity=capacity,
+            overflow=self._config.overflow if overflow is None else overflow,
+            max_pending=self._config.max_pending_pushes,
+        )
+        self._channels[topic] = ch
+        try:
+            await self._first_join(ch)
+            yield Subscription._create(self, ch)
+        finally:
+            ch.closing = True
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self._config.leave_timeout
+                await self._leave(ch)
+            self._forget_channel(ch)
+
+    async def set_auth(self, token: str | None) -> None:
+        """Use ``token`` from now on and push it to every joined channel. A checkpoint.
+
+        Replaces a token callable given to ``open_realtime``. The server does not reply to
+        token updates; if it finds the token invalid it closes the affected channels
+        (subscribers get ``SubscriptionClosed`` with the server's message).
+        """
+        self._token_source = token
+        if token is None:
+            await trio.lowlevel.checkpoint()
+            return
+        for ch in list(self._channels.values()):
+            if ch.core.state is ChannelState.JOINED and self._transport is not None:
+                try:
+                    _, frame = self._conn.push(
+                        ch.topic, "access_token", {"access_token": token}, expect_reply=False
+                    )
+                    await self._send_frame(frame)
+                except (ConnectionLost, LocalProtocolError):
+                    continue  # it rejoins with the new token
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> ClientStatistics:
+        """A snapshot of counters, queue depths and the last heartbeat round trip."""
+        c = self._counters
+        chans = list(self._channels.values())
+        now = trio.current_time()
+        return ClientStatistics(
+            state=self._state,
+            connection_attempts=c["connection_attempts"],
+            connections=c["connections"],
+            reconnects=max(0, c["connections"] - 1),
+            connection_losses=c["connection_losses"],
+            uptime=0.0 if self._connected_at is None else now - self._connected_at,
+            channels=len(chans),
+            joined_channels=sum(ch.core.state is ChannelState.JOINED for ch in chans),
+            queued_events=sum(ch.receive.statistics().current_buffer_used for ch in chans),
+            dropped_events=sum(ch.dropped for ch in chans),
+            pending_pushes=sum(len(ch.outbox) for ch in chans),
+            frames_received=c["frames_received"],
+            frames_sent=c["frames_sent"],
+            protocol_errors=c["protocol_errors"],
+            heartbeats_sent=c["heartbeats_sent"],
+            last_heartbeat_rtt=self._conn.heartbeat.last_rtt,
+        )
+
+    # -- state --------------------------------------------------------------------------------
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        log.info("connection %s: %s", self._display_url, state.value)
+        for watcher in self._state_watchers:
+            try:
+                watcher.send_nowait(state)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _fetch_token(self) -> str | None:
+        source = self._token_source
+        if source is None or isinstance(source, str):
+            return source
+        return await source()
+
+    # -- the supervisor ------------------------------------------------------------------------
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, run the connection, reconnect with backoff; forever, until cancelled."""
+        started = False
+        attempt = 0
+        try:
+            while True:
+                self._set_state(ConnectionState.CONNECTING if not started else ConnectionState.RECONNECTING)
+                self._counters["connection_attempts"] += 1
+                try:
+                    transport = await self._transport_factory(self._ws_url)
+                except TransportError as exc:
+                    if not started:
+                        raise
+                    attempt += 1
+                    if self._config.reconnect_backoff.exhausted(attempt):
+                        log.error("giving up after %d failed connection attempts: %s", attempt, exc)
+                        self._give_up(f"reconnect gave up after {attempt} attempts: {exc}")
+                        return
+                    delay = self._config.reconnect_backoff.delay(attempt - 1, self._config.rng)
+                    log.warning("connection attempt failed (%s); retrying in %.2f s", exc, delay)
+                    await trio.sleep(delay)
+                    continue
+                attempt = 0
+                if not started:
+                    started = True
+                    task_status.started()
+                reason = await self._run_connection(transport)
+                self._counters["connection_losses"] += 1
+                log.warning("connection lost: %s", reason)
+                self._set_state(ConnectionState.RECONNECTING)
+                delay = self._config.reconnect_backoff.delay(0, self._config.rng)
+                await trio.sleep(delay)
+        finally:
+            self._closed = True
+            self._set_state(ConnectionState.CLOSED)
+            self._connected.set()  # wake waiters so they see _closed
+
+    def _give_up(self, reason: str) -> None:
+        for ch in list(self._channels.values()):
+            ch.end(reason)
+        self._closed = True
+
+    async def _run_connection(self, transport: Transport) -> str:
+        """Run one connection until it dies; return why."""
+        self._lost_reason = None
+        self._transport = transport
+        self._counters["connections"] += 1
+        now = trio.current_time()
+        self._connected_at = now
+        self._conn.connection_made(now)
+        self._set_state(ConnectionState.CONNECTED)
+        self._connected.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._connection_scope = nursery.cancel_scope
+                nursery.start_soon(self._reader, transport, nursery)
+                nursery.start_soon(self._heartbeat)
+                for ch in list(self._channels.values()):
+                    if ch.core.joined_once and ch.core.state is ChannelState.ERRORED and not ch.closing:
+                        nursery.start_soon(self._rejoin, ch)
+        finally:
+            reason = self._lost_reason or "connection closed"
+            self._connection_scope = None
+            self._transport = None
+            self._connected_at = None
+            self._connected = trio.Event()
+            lost = ConnectionLost(reason)
+            for waiter in self._waiters.values():
+                waiter.fail(lost)
+            self._waiters.clear()
+            for event in self._conn.connection_lost(reason):
+                errored = self._channels.get(event.topic)
+                if errored is not None:
+                    errored.ready = False
+                    errored.deliver(event)
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + self._config.close_timeout
+                await transport.aclose(1000, "")
+        return reason
+
+    def _lose(self, reason: str) -> None:
+        """Declare the current connection dead (any sibling task may call this)."""
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        if self._connection_scope is not None:
+            self._connection_scope.cancel()
+
+    async def _send_frame(self, frame: str | bytes) -> None:
+        transport = self._transport
+        if transport is None:
+            raise ConnectionLost("not connected")
+        async with self._send_lock:
+            try:
+                await transport.send_message(frame)
+            except ConnectionLost as exc:
+                self._lose(exc.reason)
+                raise
+        self._counters["frames_sent"] += 1
+
+    # -- sibling tasks ---------------------------------------------------------------------------
+
+    async def _reader(self, transport: Transport, nursery: trio.Nursery) -> None:
+        conn = self._conn
+        channels = self._channels
+        waiters = self._waiters
+        counters = self._counters
+        while True:
+            try:
+                batch = await transport.receive_messages()
+            except ConnectionLost as exc:
+                self._lose(exc.reason)
+                return
+            now = trio.current_time()
+            counters["frames_received"] += len(batch)
+            for data in batch:
+                try:
+                    events = conn.receive(data, now)
+                except RemoteProtocolError as exc:
+                    counters["protocol_errors"] += 1
+                    log.warning("dropped a frame from the server: %s", exc)
+                    continue
+                for event in events:
+                    if isinstance(event, Reply):
+                        waiter = waiters.pop(event.ref, None)
+                        if waiter is not None:
+                            waiter.resolve(event)
+                    elif isinstance(event, HeartbeatAcked):
+                        continue
+                    elif isinstance(event, ChannelClosed):
+                        ch = channels.get(event.topic)
+                        if ch is not None and not ch.closing:
+                            log.warning("server closed %s: %s", event.topic, event.reason)
+                            ch.end(event.reason)
+                    else:
+                        target = channels.get(event.topic)
+                        if target is None:
+                            continue
+                        target.deliver(event)
+                        if isinstance(event, ChannelErrored):
+                            target.ready = False
+                            if target.core.joined_once and not target.closing:
+                                nursery.start_soon(self._rejoin, target)
+
+    async def _heartbeat(self) -> None:
+        conn = self._conn
+        while True:
+            await trio.sleep_until(conn.heartbeat.deadline())
+            now = trio.current_time()
+            due = conn.heartbeat_due(now)
+            if due == "dead":
+                self._lose(
+                    f"heartbeat timeout: no reply within {conn.heartbeat.timeout:g} s "
+                    "(the link may be half-open)"
+                )
+                return
+            if due == "send":
+                frame = conn.send_heartbeat(now)
+                self._counters["heartbeats_sent"] += 1
+                try:
+                    await self._send_frame(frame)
+                except ConnectionLost:
+                    return
+
+    # -- joining and leaving -----------------------------------------------------------------------
+
+    async def _join_once(self, ch: _Channel) -> Reply:
+        """Send one phx_join and wait for its reply.
+
+        Raises:
+            ConnectionLost: the connection died first (no connection is needed to retry).
+            JoinTimedOut: no reply within join_timeout.
+        """
+        token = await self._fetch_token()
+        if self._transport is None:
+            raise ConnectionLost("not connected")
+        ref, frame = self._conn.join(ch.topic, ch.config.join_payload(token))
+        waiter = self._waiters[ref] = _Waiter()
+        try:
+            await self._send_frame(frame)
+            with trio.move_on_after(self._config.join_timeout):
+                return await waiter.wait()
+            self._conn.join_timed_out(ch.topic)
+            raise JoinTimedOut(ch.topic, self._config.join_timeout)
+        finally:
+            self._waiters.pop(ref, None)
+            self._conn.forget(ref)
+
+    async def _first_join(self, ch: _Channel) -> None:
+        while True:
+            await self.wait_connected()
+            try:
+                reply = await self._join_once(ch)
+            except ConnectionLost:
+                continue  # it rejoins on the next connection
+            if reply.ok:
+                await self._joined(ch, rejoin=False)
+                return
+            self._conn.close_channel(ch.topic)
+            reason = _reason(reply.response)
+            raise JoinRejected(ch.topic, reason, reply.response)
+
+    async def _rejoin(self, ch: _Channel) -> None:
+        """Rejoin ``ch`` on the current connection; a task of the connection's nursery."""
+        policy = self._config.rejoin_backoff
+        attempt = 0
+        while not ch.closing and ch.closed_reason is None:
+            if ch.core.state is not ChannelState.ERRORED:
+                return  # someone else is on it
+            try:
+                reply = await self._join_once(ch)
+            except ConnectionLost:
+                return  # the supervisor handles the connection
+            except JoinTimedOut as exc:
+                reason = str(exc)
+            else:
+                if reply.ok:
+                    if not ch.closing:
+                        await self._joined(ch, rejoin=True)
+                    return
+                reason = _reason(reply.response)
+            attempt += 1
+            log.warning("rejoin of %s failed (%s), attempt %d", ch.topic, reason, attempt)
+            if policy.exhausted(attempt):
+                self._conn.close_channel(ch.topic)
+                ch.end(f"rejoin gave up after {attempt} attempts: {reason}")
+                return
+            await trio.sleep(policy.delay(attempt - 1, self._config.rng))
+
+    async def _joined(self, ch: _Channel, *, rejoin: bool) -> None:
+        """After a successful (re)join: re-track presence, flush the outbox, announce it."""
+        if rejoin:
+            ch.deliver(Rejoined(topic=ch.topic, recovered=False))
+        ch.flushing = True
+        try:
+            if ch.tracked_meta is not None:
+                try:
+                    _, frame = self._conn.push(
+                        ch.topic,
+                        "presence",
+                        {"type": "presence", "event": "track", "payload": ch.tracked_meta},
+                        expect_reply=False,
+                    )
+                    await self._send_frame(frame)
+                except (ConnectionLost, LocalProtocolError):
+                    return
+            while ch.outbox and ch.core.state is ChannelState.JOINED:
+                item = ch.outbox.popleft()
+                ch.wake_outbox()
+                try:
+                    item.ref, frame = self._conn.push(
+                        ch.topic, item.event, item.payload, expect_reply=item.want_reply
+                    )
+                    if item.want_reply:
+                        self._waiters[item.ref] = _Waiter()
+                    await self._send_frame(frame)
+                except (ConnectionLost, LocalProtocolError) as exc:
+                    item.error = exc
+                    item.done.set()
+                    return
+                item.done.set()
+            ch.ready = ch.core.state is ChannelState.JOINED
+        finally:
+            ch.flushing = False
+
+    async def _leave(self, ch: _Channel) -> None:
+        """Leave ``ch`` on the server if it may be joined there, then close it locally."""
+        ch.fail_outbox(trio.ClosedResourceError(f"subscription to {ch.topic!r} was closed"))
+        state = ch.core.state
+        if self._transport is not None and state in (
+            ChannelState.JOINED,
+            ChannelState.JOINING,
+            ChannelState.ERRORED,
+        ):
+            ref, frame = self._conn.leave(ch.topic)
+            waiter = self._waiters[ref] = _Waiter()
+            try:
+                await self._send_frame(frame)
+                await waiter.wait()
+            except ConnectionLost:
+                pass
+            finally:
+                self._waiters.pop(ref, None)
+                self._conn.forget(ref)
+        self._conn.close_channel(ch.topic)
+
+    def _forget_channel(self, ch: _Channel) -> None:
+        if self._channels.get(ch.topic) is ch:
+            del self._channels[ch.topic]
+        self._conn.close_channel(ch.topic)
+        self._conn.remove_channel(ch.topic)
+        ch.send.close()
+        ch.receive.close()
+
+    # -- pushes -------------------------------------------------------------------------------------
+
+    async def _push(self, ch: _Channel, event: str, payload: Any, *, want_reply: bool) -> None:
+        if ch.closing:
+            raise trio.ClosedResourceError(f"subscription to {ch.topic!r} was closed")
+        if ch.closed_reason is not None:
+            raise SubscriptionClosed(ch.topic, ch.closed_reason)
+        if self._config.vsn == "1.0.0" and isinstance(payload, dict):
+            inner = payload.get("payload")
+            if isinstance(inner, bytes | bytearray | memoryview):
+                raise LocalProtocolError(
+                    f"cannot send a binary payload on {ch.topic!r}: this client speaks vsn 1.0.0, "
+                    "which carries only JSON; use RealtimeConfig(vsn='2.0.0')"
+                )
+        ref: str | None = None
+        try:
+            if ch.ready and not ch.flushing and not ch.outbox and self._transport is not None:
+                ref, frame = self._conn.push(ch.topic, event, payload, expect_reply=want_reply)
+                if want_reply:
+                    self._waiters[ref] = _Waiter()
+                await self._send_frame(frame)
+            else:
+                while len(ch.outbox) >= ch.max_pending:
+                    await ch.outbox_space.wait()
+                    if ch.closing:
+                        raise trio.ClosedResourceError(f"subscription to {ch.topic!r} was closed")
+                    if ch.closed_reason is not None:
+                        raise SubscriptionClosed(ch.topic, ch.closed_reason)
+                item = _Outgoing(event=event, payload=payload, want_reply=want_reply)
+                ch.outbox.append(item)
+                await item.done.wait()
+                if item.error is not None:
+                    raise item.error
+                ref = item.ref
+            if not want_reply or ref is None:
+                return
+            waiter = self._waiters.get(ref)
+            if waiter is None:
+                # The connection died between the send and now; its waiters were failed.
+                raise ConnectionLost(self._lost_reason or "connection lost before the reply")
+            with trio.move_on_after(self._config.push_timeout):
+                reply = await waiter.wait()
+                if not reply.ok:
+                    raise PushRejected(ch.topic, event, reply.response)
+                return
+            raise PushTimedOut(ch.topic, event, self._config.push_timeout)
+        finally:
+            if ref is not None:
+                self._waiters.pop(ref, None)
+                self._conn.forget(ref)
+
+    async def _track(self, ch: _Channel, meta: dict[str, Any] | None) -> None:
+        if meta is None:
+            body: dict[str, Any] = {"type": "presence", "event": "untrack"}
+        else:
+            body = {"type": "presence", "event": "track", "payload": meta}
+        await self._push(ch, "presence", body, want_reply=True)
+        ch.tracked_meta = meta
+
+
+def _reason(response: Any) -> str:
+    if isinstance(response, dict):
+        reason = response.get("reason")
+        if isinstance(reason, str):
+            return reason
+        if response:
+            return ", ".join(str(v) for v in response.values())
+    return "the server gave no reason"
+
+
+@asynccontextmanager
+async def open_realtime(
+    url: str,
+    *,
+    api_key: str | None = None,
+    access_token: TokenSource = None,
+    config: RealtimeConfig | None = None,
+    transport_factory: TransportFactory | None = None,
+) -> AsyncIterator[RealtimeClient]:
+    """Connect to a Realtime server for the duration of the block.
+
+    ``url`` is the Realtime endpoint, e.g. ``wss://<ref>.supabase.co/realtime/v1`` or the
+    reference server's ``server.url`` (``/websocket`` is appended, as realtime-js does). The
+    block is entered once the first connection is open. If that first attempt fails, this
+    raises at once (a wrong URL or key should not hang); after that, lost connections are
+    re-established with ``config.reconnect_backoff``, forever by default.
+
+    Args:
+        url: the endpoint.
+        api_key: your project's API key, sent as the ``apikey`` query parameter.
+        access_token: a user JWT, or an async callable returning the current one; it is
+            fetched before every (re)join, so rotating tokens just works. Defaults to no token
+            (the server then uses the API key).
+        config: a :class:`RealtimeConfig`.
+        transport_factory: replaces the WebSocket transport (for tests and benchmarks).
+
+    Raises:
+        HandshakeFailed: the first connection could not be made (``.status`` and ``.body``
+            hold the server's refusal).
+    """
+    cfg = RealtimeConfig() if config is None else config
+    client = RealtimeClient._create(
+        url,
+        api_key=api_key,
+        access_token=access_token,
+        config=cfg,
+        transport_factory=transport_factory,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(client._run)
+            try:
+                yield client
+            finally:
+                client._closed = True
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _collapse(group) from None
+
+
+def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one real exception in ``group``, or the group itself if it holds only Cancelled.
+
+    More than one real exception means a background task failed unexpectedly alongside
+    another error: that is a bug, reported as InternalError with the group as its cause.
+    """
+    real: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for sub in exc.exceptions:
+                walk(sub)
+        elif not isinstance(exc, trio.Cancelled):
+            real.append(exc)
+
+    walk(group)
+    if not real:
+        return group
+    if len(real) == 1:
+        return real[0]
+    error = InternalError(f"{len(real)} errors escaped the realtime client; please report this bug")
+    error.__cause__ = group
+    return error
+

@@ -1,0 +1,23 @@
+"""Small shared helpers."""
+
+from __future__ import annotations
+
+from abc import ABCMeta
+from typing import Any, TypeVar
+
+__all__ = ["NoPublicConstructor"]
+
+T = TypeVar("T")
+
+
+class NoPublicConstructor(ABCMeta):
+    """Metaclass for classes only factories build (trio's pattern).
+
+    ``Cls(...)`` raises TypeError; the factory calls ``Cls._create(...)``.
+    """
+
+    def __call__(cls, *args: object, **kwargs: object) -> Any:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
+
+    def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]

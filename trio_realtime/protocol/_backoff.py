@@ -51,7 +51,12 @@ class BackoffPolicy:
     factor: float = attrs.field(default=2.0, validator=_positive)
     cap: float = attrs.field(default=30.0, validator=_positive)
     jitter: bool = True
-    max_attempts: int | None = None
+    max_attempts: int | None = attrs.field(default=None)
+
+    @max_attempts.validator
+    def _check_max_attempts(self, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+        if value is not None and value < 0:
+            raise LocalProtocolError(f"BackoffPolicy.max_attempts must be None or >= 0, got {value!r}")
 
     def ceiling(self, attempt: int) -> float:
         """The delay without jitter after failure number ``attempt`` (0-based)."""
@@ -60,7 +65,7 @@ class BackoffPolicy:
         try:
             value = self.base * self.factor**attempt
         except OverflowError:
-            return self.cap
+            return self.cap if self.base > 0 else 0.0  # 0 * (huge) is 0, not the cap
         return min(self.cap, value)
 
     def delay(self, attempt: int, rng: RandomSource) -> float:

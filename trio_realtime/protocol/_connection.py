@@ -163,20 +163,24 @@ class ClientConnection:
     def join(self, topic: str, payload: Mapping[str, Any]) -> tuple[str, str | bytes]:
         """Start (re)joining; returns ``(ref, frame)``. The ref is also the new join_ref."""
         ch = self._channel(topic)
-        ch._to("join")
-        ref = self.make_ref()
+        new_state = transition(topic, ch.state, "join")
+        ref = str(self._ref + 1)
+        # Encode before changing anything: an unencodable payload leaves the channel as it was.
+        frame = self.serializer.encode(
+            Message(join_ref=ref, ref=ref, topic=topic, event="phx_join", payload=dict(payload))
+        )
+        self._ref += 1
+        ch.state = new_state
         ch.join_ref = ref
         ch.close_reason = None
         self._pending[ref] = (topic, "phx_join")
-        return ref, self.serializer.encode(
-            Message(join_ref=ref, ref=ref, topic=topic, event="phx_join", payload=dict(payload))
-        )
+        return ref, frame
 
     def join_timed_out(self, topic: str) -> None:
         ch = self._channel(topic)
+        ch._to("timeout")  # first: an illegal call must leave the pending refs alone
         if ch.join_ref is not None:
             self._pending.pop(ch.join_ref, None)
-        ch._to("timeout")
 
     def leave(self, topic: str) -> tuple[str, str | bytes]:
         """Start leaving; returns ``(ref, frame)``."""
@@ -208,10 +212,11 @@ class ClientConnection:
             raise LocalProtocolError(
                 f"cannot push {event!r} on {topic!r}: channel is {ch.state.name}, not JOINED"
             )
-        ref = self.make_ref()
+        ref = str(self._ref + 1)
         frame = self.serializer.encode(
             Message(join_ref=ch.join_ref, ref=ref, topic=topic, event=event, payload=payload)
         )
+        self._ref += 1  # only once encoding succeeded: a refused push consumes no ref
         if expect_reply:
             self._pending[ref] = (topic, event)
         return ref, frame

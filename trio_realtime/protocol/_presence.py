@@ -11,12 +11,12 @@ Diffs that arrive before the state of the current join are buffered and applied 
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from typing import Any, TypeAlias
 
 import attrs
 
+from .._errors import RemoteProtocolError
 from ._events import PresenceJoin, PresenceLeave, PresenceSync
 
 __all__ = ["PresenceTracker", "State", "sync_diff", "sync_state", "transform"]
@@ -44,9 +44,26 @@ def transform(raw: Mapping[str, Any]) -> State:
             if "phx_ref" in p:
                 p["presence_ref"] = p.pop("phx_ref")
             p.pop("phx_ref_prev", None)
+            if isinstance(p.get("presence_ref"), list | dict):
+                # Refs are compared as set members; Phoenix always sends strings.
+                raise RemoteProtocolError(
+                    f"presence {key!r} has a phx_ref of type {type(p['presence_ref']).__name__}; "
+                    "expected a string"
+                )
             presences.append(p)
         out[str(key)] = presences
     return out
+
+
+def _copy_presences(presences: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Copies each presence dict, not the values inside: those are only ever read, and a
+    # recursive copy (copy.deepcopy) raised RecursionError on a deeply nested meta that any
+    # peer can track, which crashed every other client's receive().
+    return [dict(p) for p in presences]
+
+
+def _copy_state(state: State) -> State:
+    return {key: _copy_presences(presences) for key, presences in state.items()}
 
 
 def _refs(presences: list[dict[str, Any]]) -> set[Any]:
@@ -60,7 +77,7 @@ def sync_state(
     on_leave: OnLeave = _noop,
 ) -> State:
     """Replace ``current`` by ``new``, calling on_join/on_leave for what changed."""
-    state = copy.deepcopy(current)
+    state = _copy_state(current)
     joins: State = {}
     leaves: State = {}
     for key, presences in state.items():
@@ -91,7 +108,7 @@ def sync_diff(
     """Apply a diff to ``state`` in place (and return it)."""
     for key, new_presences in joins.items():
         current = state.get(key, [])
-        state[key] = copy.deepcopy(new_presences)
+        state[key] = _copy_presences(new_presences)
         if current:
             joined_refs = _refs(state[key])
             state[key] = [p for p in current if p.get("presence_ref") not in joined_refs] + state[key]
@@ -131,8 +148,9 @@ class PresenceTracker:
     ) -> list[PresenceJoin | PresenceLeave | PresenceSync]:
         events: list[PresenceJoin | PresenceLeave | PresenceSync] = []
         on_join, on_leave = self._recorders(events)
+        new = transform(raw)  # may raise RemoteProtocolError: before any change
         self.join_ref = join_ref
-        self.state = sync_state(self.state, transform(raw), on_join, on_leave)
+        self.state = sync_state(self.state, new, on_join, on_leave)
         for joins, leaves in self.pending_diffs:
             self.state = sync_diff(self.state, joins, leaves, on_join, on_leave)
         self.pending_diffs.clear()
@@ -142,8 +160,14 @@ class PresenceTracker:
     def on_diff(
         self, raw: Mapping[str, Any], join_ref: str | None
     ) -> list[PresenceJoin | PresenceLeave | PresenceSync]:
-        joins = transform(raw.get("joins") or {})
-        leaves = transform(raw.get("leaves") or {})
+        raw_joins = raw.get("joins") or {}
+        raw_leaves = raw.get("leaves") or {}
+        if not isinstance(raw_joins, Mapping) or not isinstance(raw_leaves, Mapping):
+            raise RemoteProtocolError(
+                f"presence_diff on {self.topic!r} needs objects under 'joins' and 'leaves'"
+            )
+        joins = transform(raw_joins)
+        leaves = transform(raw_leaves)
         if self.join_ref is None or self.join_ref != join_ref:
             self.pending_diffs.append((joins, leaves))
             return []
@@ -155,7 +179,7 @@ class PresenceTracker:
 
     def snapshot(self) -> dict[str, tuple[dict[str, Any], ...]]:
         """The current state, as immutable-by-convention tuples."""
-        return _frozen(copy.deepcopy(self.state))
+        return _frozen(_copy_state(self.state))
 
     def _recorders(
         self, events: list[PresenceJoin | PresenceLeave | PresenceSync]

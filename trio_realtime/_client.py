@@ -432,7 +432,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         log.error("giving up after %d failed connection attempts: %s", attempt, exc)
                         self._give_up(f"reconnect gave up after {attempt} attempts: {exc}")
                         return
-                    delay = self._config.reconnect_backoff.delay(attempt - 1, self._config.rng)
+                    # The wait after the loss itself was delay(0); failure n waits delay(n).
+                    delay = self._config.reconnect_backoff.delay(attempt, self._config.rng)
                     log.warning("connection attempt failed (%s); retrying in %.2f s", exc, delay)
                     await trio.sleep(delay)
                     continue
@@ -448,6 +449,9 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 await trio.sleep(delay)
         finally:
             self._closed = True
+            # Subscriptions still open in other tasks end now, rather than wait forever.
+            for ch in list(self._channels.values()):
+                ch.end("the realtime client was closed")
             self._set_state(ConnectionState.CLOSED)
             self._connected.set()  # wake waiters so they see _closed
 
@@ -487,8 +491,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             for event in self._conn.connection_lost(reason):
                 errored = self._channels.get(event.topic)
                 if errored is not None:
-                    errored.ready = False
-                    errored.deliver(event)
+                    self._channel_errored(errored, event)
             with trio.CancelScope(shield=True) as scope:
                 scope.deadline = trio.current_time() + self._config.close_timeout
                 await transport.aclose(1000, "")
@@ -540,6 +543,17 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         waiter = waiters.pop(event.ref, None)
                         if waiter is not None:
                             waiter.resolve(event)
+                        if event.event == "phx_join":
+                            rejoined = channels.get(event.topic)
+                            if (
+                                rejoined is not None
+                                and rejoined.errored
+                                and rejoined.core.state is ChannelState.JOINED
+                            ):
+                                # Here, not in the rejoin task: events of the new join may
+                                # follow in this same batch and must come after Rejoined.
+                                rejoined.errored = False
+                                rejoined.deliver(Rejoined(topic=rejoined.topic, recovered=False))
                     elif isinstance(event, HeartbeatAcked):
                         continue
                     elif isinstance(event, ChannelClosed):
@@ -551,11 +565,24 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         target = channels.get(event.topic)
                         if target is None:
                             continue
-                        target.deliver(event)
                         if isinstance(event, ChannelErrored):
-                            target.ready = False
+                            self._channel_errored(target, event)
                             if target.core.joined_once and not target.closing:
                                 nursery.start_soon(self._rejoin, target)
+                        else:
+                            target.deliver(event)
+
+    def _channel_errored(self, ch: _Channel, event: ChannelErrored) -> None:
+        """``ch`` lost its server-side join: tell the subscriber, who will see Rejoined next.
+
+        A channel that was never joined is not told: its first join retries by itself, and
+        its subscriber has not even been handed the subscription yet. Nor is anyone told
+        while the client closes: the subscription just ends.
+        """
+        ch.ready = False
+        if ch.core.joined_once and not self._closed:
+            ch.errored = True
+            ch.deliver(event)
 
     async def _heartbeat(self) -> None:
         conn = self._conn
@@ -609,7 +636,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             except ConnectionLost:
                 continue  # it rejoins on the next connection
             if reply.ok:
-                await self._joined(ch, rejoin=False)
+                await self._joined(ch)
                 return
             self._conn.close_channel(ch.topic)
             reason = _reason(reply.response)
@@ -631,7 +658,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             else:
                 if reply.ok:
                     if not ch.closing:
-                        await self._joined(ch, rejoin=True)
+                        await self._joined(ch)
                     return
                 reason = _reason(reply.response)
             attempt += 1
@@ -642,10 +669,11 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 return
             await trio.sleep(policy.delay(attempt - 1, self._config.rng))
 
-    async def _joined(self, ch: _Channel, *, rejoin: bool) -> None:
-        """After a successful (re)join: re-track presence, flush the outbox, announce it."""
-        if rejoin:
-            ch.deliver(Rejoined(topic=ch.topic, recovered=False))
+    async def _joined(self, ch: _Channel) -> None:
+        """After a successful (re)join: re-track presence, flush the outbox.
+
+        (``Rejoined`` was already delivered by the reader, as it processed the join reply.)
+        """
         ch.flushing = True
         try:
             if ch.tracked_meta is not None:
@@ -667,7 +695,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         ch.topic, item.event, item.payload, expect_reply=item.want_reply
                     )
                     if item.want_reply:
-                        self._waiters[item.ref] = _Waiter()
+                        item.waiter = self._waiters[item.ref] = _Waiter()
                     await self._send_frame(frame)
                 except (ConnectionLost, LocalProtocolError) as exc:
                     item.error = exc
@@ -722,11 +750,14 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                     "which carries only JSON; use RealtimeConfig(vsn='2.0.0')"
                 )
         ref: str | None = None
+        # Held here, not looked up after the send: the reader may resolve (and unregister) it
+        # before this task runs again.
+        waiter: _Waiter | None = None
         try:
             if ch.ready and not ch.flushing and not ch.outbox and self._transport is not None:
                 ref, frame = self._conn.push(ch.topic, event, payload, expect_reply=want_reply)
                 if want_reply:
-                    self._waiters[ref] = _Waiter()
+                    waiter = self._waiters[ref] = _Waiter()
                 await self._send_frame(frame)
             else:
                 while len(ch.outbox) >= ch.max_pending:
@@ -741,12 +772,10 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 if item.error is not None:
                     raise item.error
                 ref = item.ref
-            if not want_reply or ref is None:
-                return
-            waiter = self._waiters.get(ref)
+                waiter = item.waiter
             if waiter is None:
-                # The connection died between the send and now; its waiters were failed.
-                raise ConnectionLost(self._lost_reason or "connection lost before the reply")
+                return
+            # If the connection died since the send, the waiter was failed with ConnectionLost.
             with trio.move_on_after(self._config.push_timeout):
                 reply = await waiter.wait()
                 if not reply.ok:

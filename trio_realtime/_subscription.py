@@ -13,7 +13,7 @@ from ._util import NoPublicConstructor
 from .protocol import ChannelConfig, ChannelCore, ChannelState, Dropped, RealtimeEvent
 
 if TYPE_CHECKING:
-    from ._client import RealtimeClient
+    from ._client import RealtimeClient, _Waiter
     from ._config import OverflowPolicy
 
 __all__ = ["Subscription", "SubscriptionStatistics"]
@@ -52,6 +52,8 @@ class _Outgoing:
     #: Set once the frame was handed to the transport (or the push failed).
     done: trio.Event = attrs.field(factory=trio.Event)
     ref: str | None = None
+    #: Waits for the reply (``want_reply`` only); set when the frame is sent.
+    waiter: _Waiter | None = None
     error: BaseException | None = None
 
 
@@ -80,6 +82,8 @@ class _Channel:
     flushing: bool = False
     #: The channel is joined and its outbox was flushed: pushes may go straight to the wire.
     ready: bool = False
+    #: ChannelErrored was delivered: the next successful join delivers Rejoined.
+    errored: bool = False
     #: The presence meta last tracked (None: not tracking); re-tracked after every rejoin.
     tracked_meta: dict[str, Any] | None = None
 

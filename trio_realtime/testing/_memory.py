@@ -111,7 +111,9 @@ class MemoryTransport(metaclass=NoPublicConstructor):
             while True:
                 try:
                     messages.append(self._receive_channel.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
+                except (trio.WouldBlock, *_CHANNEL_CLOSED):
+                    # Closed or aborted while we were being woken with the first message:
+                    # return what we have; the next call raises ConnectionLost.
                     return messages
         finally:
             self._receiving = False

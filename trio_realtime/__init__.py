@@ -31,6 +31,7 @@ from ._errors import (
     TransportError as TransportError,
 )
 from ._subscription import Subscription as Subscription, SubscriptionStatistics as SubscriptionStatistics
+from ._util import fix_module_names as fix_module_names
 from ._version import __version__ as __version__
 from .protocol import (
     BackoffPolicy as BackoffPolicy,
@@ -49,16 +50,5 @@ from .protocol import (
     SystemMessage as SystemMessage,
 )
 
-
-def _fix_module() -> None:
-    # Show public names as trio_realtime.X, not trio_realtime._client.X (as trio does).
-    for name, value in list(globals().items()):
-        if not name.startswith("_") and getattr(value, "__module__", "").startswith("trio_realtime."):
-            try:
-                value.__module__ = __name__
-            except (AttributeError, TypeError):
-                pass
-
-
-_fix_module()
-del _fix_module
+fix_module_names(globals(), __name__)
+del fix_module_names

@@ -58,7 +58,7 @@ BANNED = frozenset(
 )
 
 #: Modules of the parent package the core may import (relative ``from .. import``).
-_ALLOWED_PARENT_MODULES = frozenset({"_errors"})
+_ALLOWED_PARENT_MODULES = frozenset({"_errors", "_util"})
 
 #: Loaded in a fresh interpreter by ``import trio_realtime.protocol`` = a real problem.
 DYNAMIC_BANNED = frozenset(

@@ -9,6 +9,7 @@ from .._errors import (
     LocalProtocolError as LocalProtocolError,
     RemoteProtocolError as RemoteProtocolError,
 )
+from .._util import fix_module_names as fix_module_names
 from ._backoff import BackoffPolicy as BackoffPolicy, RandomSource as RandomSource
 from ._channel_state import ChannelState as ChannelState, transition as transition
 from ._connection import ChannelCore as ChannelCore, ClientConnection as ClientConnection
@@ -50,3 +51,6 @@ from ._presence import (
     sync_state as sync_state,
     transform as transform,
 )
+
+fix_module_names(globals(), __name__)
+del fix_module_names

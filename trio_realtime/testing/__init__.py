@@ -1,5 +1,6 @@
 """Helpers for testing code that uses trio_realtime, in the spirit of :mod:`trio.testing`."""
 
+from .._util import fix_module_names as fix_module_names
 from ._memory import (
     MemoryTransport as MemoryTransport,
     memory_transport_pair as memory_transport_pair,
@@ -9,3 +10,6 @@ from ._scripted import (
     ScriptedServer as ScriptedServer,
     open_scripted_server as open_scripted_server,
 )
+
+fix_module_names(globals(), __name__)
+del fix_module_names

@@ -116,6 +116,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a narrated chat between three clients on the embedded server")
     demo.add_argument("--deadline", type=float, default=15.0, help="give up after this many seconds")
+    demo.add_argument("--pace", type=float, default=0.4, help="pause between steps, for reading")
 
     listen = sub.add_parser("listen", help="print a channel's events as JSON lines")
     _client_args(listen)
@@ -139,7 +140,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    # The demo narrates connection losses itself; its log would only repeat them.
+    quiet = logging.ERROR if args.command == "demo" else logging.WARNING
+    level = [quiet, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "serve":
@@ -149,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from ._demo import run_demo
 
-            trio.run(lambda: run_demo(deadline=args.deadline))
+            trio.run(lambda: run_demo(deadline=args.deadline, pace=args.pace))
         elif args.command == "listen":
             trio.run(_listen, args)
         elif args.command == "send":

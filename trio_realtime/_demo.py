@@ -89,7 +89,7 @@ class _Person:
             case PresenceLeave(key=key, current=()) if key != self.name:
                 say(self.name, f"sees {key} go offline")
             case PresenceSync(state=state):
-                say(self.name, f"online now: {', '.join(sorted(state))}")
+                say(self.name, f"online now: {', '.join(sorted(state)) or '(nobody yet)'}")
             case ChannelErrored(reason=reason):
                 say(self.name, f"lost the room: {reason}")
             case Rejoined(recovered=recovered):
@@ -119,8 +119,11 @@ def _message(text: str) -> Callable[[RealtimeEvent], bool]:
     return lambda e: isinstance(e, Broadcast) and e.event == "message" and e.payload.get("text") == text
 
 
-async def run_demo(out: TextIO = sys.stdout, *, deadline: float = 15.0) -> None:
+async def run_demo(out: TextIO = sys.stdout, *, deadline: float = 15.0, pace: float = 0.4) -> None:
     """Run the demo, printing the transcript to ``out``.
+
+    ``pace`` is a pause between the script's steps so a person can follow along; it orders
+    nothing (every step waits for the events it needs) and can be 0.
 
     Raises:
         trio.TooSlowError: it did not finish within ``deadline`` seconds.
@@ -168,14 +171,16 @@ async def run_demo(out: TextIO = sys.stdout, *, deadline: float = 15.0) -> None:
             async with trio.open_nursery() as crowd:
                 for person in people.values():
                     crowd.start_soon(participant, server.url, person)
-                await _direct(people, ready, transcript)
+                await _direct(people, ready, transcript, pace)
                 done.set()
             transcript.say("server", f"{server.statistics()}")
             nursery.cancel_scope.cancel()
     transcript.say("demo", "done")
 
 
-async def _direct(people: dict[str, _Person], ready: dict[str, trio.Event], transcript: _Transcript) -> None:
+async def _direct(
+    people: dict[str, _Person], ready: dict[str, trio.Event], transcript: _Transcript, pace: float
+) -> None:
     """The script: each step waits for the events it expects."""
     for event in ready.values():
         await event.wait()
@@ -184,20 +189,24 @@ async def _direct(people: dict[str, _Person], ready: dict[str, trio.Event], tran
     transcript.say("demo", "— everyone is online; alice types and says hello —")
 
     alice, bob, carol = (people[n] for n in PEOPLE)
+    await trio.sleep(pace)
     await alice.joined_room.send_broadcast("typing", {"name": "alice"})
     await alice.joined_room.send_broadcast("message", {"name": "alice", "text": "hello, room!"})
     for person in (bob, carol):
         await person.wait_for(_message("hello, room!"))
+    await trio.sleep(pace)
     await bob.joined_room.send_broadcast("message", {"name": "bob", "text": "hi alice"})
     for person in (alice, carol):
         await person.wait_for(_message("hi alice"))
 
+    await trio.sleep(pace)
     transcript.say("demo", "— carol's network drops —")
     await carol.transports[-1].aclose(1001, "demo: network drop")
     await carol.wait_for(lambda e: isinstance(e, Rejoined))
     for person in (alice, bob):
         await person.wait_for(lambda e: isinstance(e, PresenceLeave) and e.key == "carol")
         await person.wait_for(_online(set(PEOPLE)))
+    await trio.sleep(pace)
     await carol.joined_room.send_broadcast("message", {"name": "carol", "text": "sorry, I'm back"})
     for person in (alice, bob):
         await person.wait_for(_message("sorry, I'm back"))

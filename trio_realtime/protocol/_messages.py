@@ -57,7 +57,16 @@ _ENCODING_BINARY: Final = 0
 _ENCODING_JSON: Final = 1
 
 _json_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_json_loads = json.loads
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN/Infinity by default; they are not JSON, and the encoder
+    # (allow_nan=False) could not send them on, so they must not get past the decoder.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_loads(text: str | bytes) -> Any:
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 @attrs.frozen(kw_only=True)
@@ -163,6 +172,9 @@ class V1Serializer(Serializer):
             topic = obj["topic"]
             event = obj["event"]
             payload = obj["payload"]
+            if self.role == "server" and "ref" not in obj:
+                # Phoenix requires the key from clients (Map.fetch!), even when it is null.
+                raise KeyError("ref")
         except KeyError as exc:
             raise RemoteProtocolError(f"vsn 1.0.0 frame is missing the {exc.args[0]!r} key") from None
         return Message(

@@ -1,0 +1,87 @@
+"""Limits and timings of the reference server."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, final
+
+import attrs
+
+from ._handshake import negotiate_vsn
+
+if TYPE_CHECKING:
+    import random
+
+__all__ = ["ServerConfig"]
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"ServerConfig.{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+        value >= 0 and math.isfinite(value)
+    ):
+        raise ValueError(f"ServerConfig.{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    _non_negative(instance, attribute, value)
+    if value == 0:
+        raise ValueError(f"ServerConfig.{attribute.name} must be > 0, got {value!r}")
+
+
+def _vsn(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if negotiate_vsn(value, value) != value:
+        raise ValueError(f"ServerConfig.{attribute.name} must be '1.0.0' or '2.0.0', got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Limits and timings of :func:`serve_realtime`.
+
+    Defaults are the official server's (PROTOCOL.md §7.1) except the two error backoffs, which
+    default to 0 so development servers and tests answer errors at once.
+
+    Attributes:
+        max_frame_size: the largest WebSocket message accepted, in bytes (characters for text);
+            a larger one closes the connection with code 1009.
+        idle_timeout: a socket that sends nothing for this many seconds is closed (code 1000).
+            Clients heartbeat every 25 s.
+        max_channels_per_client: joined channels per socket; one more is refused with
+            ``ChannelRateLimitReached: Too many channels``.
+        max_payload_bytes: the largest broadcast or presence payload, measured as JSON bytes
+            (the official limit is 3000 KB + 500 bytes of Erlang term size).
+        join_error_backoff: seconds to wait before every join error reply. The official server
+            waits 5 s to slow down misbehaving clients; the socket reads nothing meanwhile.
+        connect_error_backoff: seconds to wait before refusing an upgrade for a missing or
+            invalid API key (officially 2 s).
+        send_queue_size: frames queued per socket for its writer. Fan-out never waits for a
+            slow socket: when its queue is full, that socket is closed with code 1008
+            ("send queue full"), the event is logged and counted, and everyone else carries on.
+        presence_rate_limit: presence pushes allowed per channel per ``presence_rate_window``;
+            the next one closes the channel (``Client presence rate limit exceeded``).
+        presence_rate_window: seconds.
+        close_timeout: how long the server waits when it closes a socket: for the queued frames
+            to be written and for the closing handshake. After that the TCP connection is
+            dropped.
+        default_vsn: the serializer for clients that send no ``vsn`` (Phoenix: ``1.0.0``).
+        rng: the random source for presence refs and presence keys; None seeds one from the OS.
+            Pass ``random.Random(seed)`` for reproducible runs.
+    """
+
+    max_frame_size: int = attrs.field(default=5_000_000, validator=_positive_int)
+    idle_timeout: float = attrs.field(default=60.0, validator=_positive)
+    max_channels_per_client: int = attrs.field(default=100, validator=_positive_int)
+    max_payload_bytes: int = attrs.field(default=3_000_500, validator=_positive_int)
+    join_error_backoff: float = attrs.field(default=0.0, validator=_non_negative)
+    connect_error_backoff: float = attrs.field(default=0.0, validator=_non_negative)
+    send_queue_size: int = attrs.field(default=1000, validator=_positive_int)
+    presence_rate_limit: int = attrs.field(default=5, validator=_positive_int)
+    presence_rate_window: float = attrs.field(default=30.0, validator=_positive)
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    default_vsn: str = attrs.field(default="1.0.0", validator=_vsn)
+    rng: random.Random | None = attrs.field(default=None, eq=False, repr=False)

@@ -1,0 +1,770 @@
+"""The Trio side of the reference server: sockets, tasks, routing and fan-out.
+
+Theory of operation
+-------------------
+:func:`serve_realtime` listens with trio-websocket. Each upgrade request is judged by the
+sans-IO :func:`~._handshake.evaluate_upgrade`; an accepted socket becomes a
+:class:`_Connection` run by three sibling tasks in one nursery:
+
+* the **reader** takes frames off the socket, decodes them with the socket's serializer
+  (vsn 1.0.0 or 2.0.0) and dispatches them. Dispatching is synchronous except for the join
+  error backoff, so one socket's frames are handled strictly in order, as Phoenix does. A
+  malformed frame is counted, logged (rate-limited, never its content) and dropped. A socket
+  that sends nothing for ``idle_timeout`` is closed with 1000.
+* the **writer** drains the socket's bounded outgoing queue onto the wire. Nothing else ever
+  writes to the socket, and nothing ever waits for the writer: every frame is queued with
+  ``send_nowait``. A queue that is full means the client stopped reading; that one socket is
+  closed with 1008 ("send queue full") and everyone else carries on.
+* the **expiry watcher** sleeps until the earliest channel token expiry (only with a JWT
+  secret) and closes expired channels with the official ``system`` error.
+
+Routing state is plain dictionaries owned by :class:`_Hub`, mutated only from synchronous
+code (so no locks): ``(private, sub_topic) -> {channel}`` for fan-out and
+``(private, sub_topic) -> PresenceTopic`` for presence. A fan-out looks up one set and encodes
+the message at most once per serializer version, however many subscribers there are.
+
+Closing a socket (:meth:`_Hub._begin_close`) is immediate for routing: its channels are
+unsubscribed and their presences leave at once. What remains is wire work: a *graceful*
+close (idle timeout, :meth:`RealtimeServer.disconnect_all`) lets the writer flush the queue
+before the close frame; an *abort* (send queue full) discards the queue, lets the writer
+finish the frame it is writing, and sends the close frame. Both are bounded by
+``close_timeout``, after which the TCP connection is dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar, final
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketServer
+
+from .._errors import LocalProtocolError, RemoteProtocolError
+from ..protocol import SUPPORTED_VSNS, Message, Serializer, serializer_for
+from ._auth import TokenRejected, TokenVerifier
+from ._config import ServerConfig
+from ._handshake import Refuse, evaluate_upgrade, redact_target
+from ._join import JoinParams, parse_join
+from ._presence import CallWindow, PresenceDiff, PresenceTopic, RefFactory
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from trio_websocket import WebSocketConnection, WebSocketRequest
+
+__all__ = ["RealtimeServer", "ServerStatistics", "serve_realtime"]
+
+logger = logging.getLogger("trio_realtime.server")
+
+_Frame = str | bytes
+_Key = tuple[bool, str]  # (private, sub_topic): the internal PubSub topic
+
+_TOPIC_PREFIX: Final = "realtime:"
+_HANDSHAKE_TIMEOUT: Final = 10.0
+_T = TypeVar("_T")
+
+
+class _NoPublicConstructor(type):
+    """Metaclass of classes that only a factory may build (Trio's pattern)."""
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{cls.__module__}.{cls.__qualname__} has no public constructor")
+
+    def _create(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ServerStatistics:
+    """A snapshot of :meth:`RealtimeServer.statistics`.
+
+    Attributes:
+        connections: WebSocket connections currently open.
+        channels: channels currently joined, over all connections.
+        messages_in: frames received from clients (including malformed ones).
+        messages_out: frames queued for clients.
+        malformed_frames: frames dropped because they could not be decoded.
+        send_queue_overflows: sockets closed because their send queue was full.
+        rejected_upgrades: upgrade requests refused (bad route, vsn or API key).
+    """
+
+    connections: int
+    channels: int
+    messages_in: int
+    messages_out: int
+    malformed_frames: int
+    send_queue_overflows: int
+    rejected_upgrades: int
+
+
+@attrs.define(eq=False)
+class _Connection:
+    id: int
+    serializer: Serializer
+    token: str = attrs.field(repr=False)
+    remote: str
+    send_channel: trio.MemorySendChannel[_Frame] = attrs.field(repr=False)
+    receive_channel: trio.MemoryReceiveChannel[_Frame] = attrs.field(repr=False)
+    channels: dict[str, _Channel] = attrs.field(factory=dict, repr=False)
+    closing: bool = False
+    discard: bool = False  # drop queued frames instead of flushing them
+    close_code: int | None = None  # None: the peer is gone, nothing to send
+    close_reason: str = ""
+    reader_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
+    writer_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
+    expiry_changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    done: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    malformed: int = 0
+
+
+@attrs.define(eq=False)
+class _Channel:
+    conn: _Connection
+    topic: str
+    sub_topic: str
+    join_ref: str | None
+    params: JoinParams
+    presence_key: str
+    presence_enabled: bool
+    presence_calls: CallWindow
+    token: str | None = attrs.field(repr=False)
+    token_exp: float | None = None
+    closed: bool = False
+
+    @property
+    def key(self) -> _Key:
+        return (self.params.private, self.sub_topic)
+
+
+def _payload_size(payload: dict[str, Any]) -> int:
+    """Approximate size of a payload: its JSON length in bytes (raw bytes count as is)."""
+    inner = payload.get("payload")
+    if isinstance(inner, bytes | bytearray):
+        rest = {k: v for k, v in payload.items() if k != "payload"}
+        return len(inner) + len(json.dumps(rest, ensure_ascii=False, separators=(",", ":")))
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def _uuid1(rng: random.Random) -> str:
+    # uuid1() would reach for the global RNG (clock_seq) and the MAC address (node); give it
+    # both from the injected RNG (node with the multicast bit set, as RFC 4122 asks for
+    # random node ids).
+    return str(uuid.uuid1(node=rng.getrandbits(48) | 0x0100_0000_0000, clock_seq=rng.getrandbits(14)))
+
+
+def _endpoint(endpoint: object) -> str:
+    address, port = getattr(endpoint, "address", None), getattr(endpoint, "port", None)
+    return f"{address}:{port}" if address is not None else str(endpoint)
+
+
+class _Hub:
+    """All routing state and protocol behaviour of one server."""
+
+    def __init__(self, config: ServerConfig, jwt_secret: str | None) -> None:
+        self.config = config
+        self.verifier = TokenVerifier(secret=jwt_secret) if jwt_secret is not None else None
+        self.rng = config.rng if config.rng is not None else random.Random()
+        self.new_ref = RefFactory(rng=self.rng)
+        self.serializers = {vsn: serializer_for(vsn, "server") for vsn in SUPPORTED_VSNS}
+        self.connections: dict[_Connection, None] = {}
+        # dicts used as ordered sets, so fan-out order is reproducible
+        self.subscriptions: dict[_Key, dict[_Channel, None]] = {}
+        self.presence: dict[_Key, PresenceTopic] = {}
+        self.conn_ids = itertools.count(1)
+        self.channel_count = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.malformed = 0
+        self.overflows = 0
+        self.rejected = 0
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            connections=len(self.connections),
+            channels=self.channel_count,
+            messages_in=self.messages_in,
+            messages_out=self.messages_out,
+            malformed_frames=self.malformed,
+            send_queue_overflows=self.overflows,
+            rejected_upgrades=self.rejected,
+        )
+
+    # -- connection lifecycle ----------------------------------------------------------------
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """trio-websocket's per-request handler."""
+        target = request.path
+        decision = evaluate_upgrade(
+            target, request.headers, verifier=self.verifier, now=time.time(),
+            default_vsn=self.config.default_vsn,
+        )
+        if isinstance(decision, Refuse):
+            await self._refuse(request, target, decision)
+            return
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            return
+        send_channel, receive_channel = trio.open_memory_channel[_Frame](self.config.send_queue_size)
+        conn = _Connection(
+            id=next(self.conn_ids),
+            serializer=self.serializers[decision.vsn],
+            token=decision.token,
+            remote=_endpoint(request.remote),
+            send_channel=send_channel,
+            receive_channel=receive_channel,
+        )
+        self.connections[conn] = None
+        logger.debug("connection %d from %s: accepted %s (vsn %s)", conn.id, conn.remote,
+                     redact_target(target), decision.vsn)
+        try:
+            await self._run(conn, ws)
+        except Exception:
+            # A bug must cost one connection, not the server.
+            logger.exception("connection %d: internal error; closing it with 1011", conn.id)
+            self._begin_close(conn, 1011, "internal error", flush=False)
+            with trio.move_on_after(self.config.close_timeout):
+                await ws.aclose(1011, "internal error")
+        finally:
+            self._begin_close(conn, None, "", flush=False)
+            del self.connections[conn]
+            conn.done.set()
+            logger.debug("connection %d: closed", conn.id)
+
+    async def _refuse(self, request: WebSocketRequest, target: str, decision: Refuse) -> None:
+        self.rejected += 1
+        logger.info("refused upgrade %s from %s: %d %s", redact_target(target), _endpoint(request.remote),
+                    decision.status, decision.reason)
+        if decision.backoff and self.config.connect_error_backoff > 0:
+            await trio.sleep(self.config.connect_error_backoff)
+        headers = [(b"content-type", b"application/json")] if decision.body else []
+        try:
+            await request.reject(decision.status, extra_headers=headers, body=decision.body or None)
+        except ConnectionClosed:
+            pass
+
+    async def _run(self, conn: _Connection, ws: WebSocketConnection) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._reader, conn, ws)
+            nursery.start_soon(self._expiry_watcher, conn)
+            await self._writer(conn, ws)
+            nursery.cancel_scope.cancel()
+        if conn.close_code is not None:
+            with trio.move_on_after(self.config.close_timeout):
+                await ws.aclose(conn.close_code, conn.close_reason or None)
+
+    async def _reader(self, conn: _Connection, ws: WebSocketConnection) -> None:
+        with conn.reader_scope:
+            while not conn.closing:
+                with trio.move_on_after(self.config.idle_timeout) as idle:
+                    try:
+                        data = await ws.get_message()
+                    except ConnectionClosed:
+                        self._begin_close(conn, None, "", flush=False)
+                        return
+                if idle.cancelled_caught:
+                    logger.info("connection %d: idle for %g s; closing it", conn.id, self.config.idle_timeout)
+                    self._begin_close(conn, 1000, "idle timeout", flush=True)
+                    return
+                self.messages_in += 1
+                try:
+                    msg = conn.serializer.decode(data)
+                except RemoteProtocolError as exc:
+                    self._malformed(conn, data, exc)
+                    continue
+                await self._dispatch(conn, msg)
+
+    async def _writer(self, conn: _Connection, ws: WebSocketConnection) -> None:
+        with conn.writer_scope:
+            async for frame in conn.receive_channel:
+                if conn.discard:
+                    break
+                try:
+                    await ws.send_message(frame)
+                except ConnectionClosed:
+                    self._begin_close(conn, None, "", flush=False)
+                    break
+
+    async def _expiry_watcher(self, conn: _Connection) -> None:
+        while True:
+            changed = conn.expiry_changed = trio.Event()
+            expiries = [c.token_exp for c in conn.channels.values() if c.token_exp is not None]
+            if not expiries:
+                await changed.wait()
+                continue
+            delay = min(expiries) - time.time()
+            if delay > 0:
+                with trio.move_on_after(delay):
+                    await changed.wait()
+                continue
+            now = time.time()
+            for chan in list(conn.channels.values()):
+                if chan.token_exp is not None and chan.token_exp <= now:
+                    self._shutdown(chan, f"Token has expired {max(0, int(now - chan.token_exp))} seconds ago")
+
+    def _begin_close(self, conn: _Connection, code: int | None, reason: str, *, flush: bool) -> None:
+        """Stop routing to ``conn`` now, and tell its writer how to finish (see module doc)."""
+        if conn.closing:
+            return
+        conn.closing = True
+        conn.discard = not flush
+        conn.close_code = code
+        conn.close_reason = reason
+        for chan in list(conn.channels.values()):
+            self._close_channel(chan, push_close=False)
+        conn.send_channel.close()
+        conn.reader_scope.cancel()
+        if code is None:
+            conn.writer_scope.cancel()
+        else:
+            conn.writer_scope.deadline = min(
+                conn.writer_scope.deadline, trio.current_time() + self.config.close_timeout
+            )
+
+    def _malformed(self, conn: _Connection, data: _Frame, exc: RemoteProtocolError) -> None:
+        self.malformed += 1
+        conn.malformed += 1
+        n = conn.malformed
+        # Never the frame itself: it may be huge, or carry a token.
+        level = logging.WARNING if n <= 3 or n % 100 == 0 else logging.DEBUG
+        logger.log(level, "connection %d: dropped malformed %s frame of %d bytes (%d so far): %s",
+                   conn.id, "binary" if isinstance(data, bytes) else "text", len(data), n, exc)
+
+    async def disconnect_all(self, code: int) -> None:
+        conns = list(self.connections)
+        for conn in conns:
+            for chan in list(conn.channels.values()):
+                # The one system message without a "channel" key (§1.5).
+                self._push(chan, "system", {"extension": "system", "status": "ok",
+                                            "message": "Server requested disconnect"})
+            self._begin_close(conn, code, "", flush=True)
+        await trio.lowlevel.checkpoint()
+        for conn in conns:
+            await conn.done.wait()
+
+    # -- output --------------------------------------------------------------------------------
+
+    def _enqueue(self, conn: _Connection, frame: _Frame) -> None:
+        if conn.closing:
+            return
+        try:
+            conn.send_channel.send_nowait(frame)
+        except trio.WouldBlock:
+            self.overflows += 1
+            logger.warning("connection %d (%s): send queue full (%d frames), the client is not "
+                           "reading; closing it with 1008", conn.id, conn.remote, self.config.send_queue_size)
+            self._begin_close(conn, 1008, "send queue full", flush=False)
+            return
+        self.messages_out += 1
+
+    def _send(self, conn: _Connection, msg: Message) -> None:
+        if conn.closing:
+            return
+        try:
+            frame = conn.serializer.encode(msg)
+        except LocalProtocolError as exc:
+            logger.warning("connection %d: cannot encode %r on %r: %s", conn.id, msg.event, msg.topic, exc)
+            return
+        self._enqueue(conn, frame)
+
+    def _reply(self, conn: _Connection, msg: Message, join_ref: str | None, status: str,
+               response: dict[str, Any]) -> None:
+        self._send(conn, Message(join_ref=join_ref, ref=msg.ref, topic=msg.topic, event="phx_reply",
+                                 payload={"status": status, "response": response}))
+
+    def _push(self, chan: _Channel, event: str, payload: dict[str, Any]) -> None:
+        """A channel push: carries the join_ref on V2 (``[join_ref, null, topic, event, payload]``)."""
+        self._send(chan.conn, Message(join_ref=chan.join_ref, topic=chan.topic, event=event, payload=payload))
+
+    def _encode_for(self, serializer: Serializer, msg: Message) -> _Frame | None:
+        if msg.user_broadcast and serializer.vsn == "1.0.0":
+            inner = msg.payload.get("payload") if isinstance(msg.payload, dict) else None
+            if isinstance(inner, bytes | bytearray):
+                return None  # V1 cannot carry binary: not delivered (§2.2)
+        try:
+            return serializer.encode(msg)
+        except LocalProtocolError as exc:
+            logger.warning("cannot encode %r on %r for vsn %s: %s", msg.event, msg.topic, serializer.vsn, exc)
+            return None
+
+    def _fanout(self, key: _Key, msg: Message, exclude: _Channel | None = None) -> None:
+        """Queue ``msg`` to every channel subscribed to ``key``, encoding once per vsn."""
+        subs = self.subscriptions.get(key)
+        if not subs:
+            return
+        frames: dict[str, _Frame | None] = {}
+        for chan in list(subs):
+            if chan is exclude or chan.closed:
+                continue
+            conn = chan.conn
+            if conn.closing:
+                continue
+            vsn = conn.serializer.vsn
+            if vsn in frames:
+                frame = frames[vsn]
+            else:
+                frame = frames[vsn] = self._encode_for(conn.serializer, msg)
+            if frame is not None:
+                self._enqueue(conn, frame)
+
+    def _fanout_presence(self, key: _Key, topic: str, diff: PresenceDiff | None) -> None:
+        if diff is not None:
+            self._fanout(key, Message(topic=topic, event="presence_diff", payload=diff.to_payload()))
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def _close_channel(self, chan: _Channel, *, push_close: bool) -> None:
+        """Remove a channel: optional ``phx_close``, unsubscribe, presence leave to the others."""
+        if chan.closed:
+            return
+        chan.closed = True
+        self.channel_count -= 1
+        conn = chan.conn
+        if conn.channels.get(chan.topic) is chan:
+            del conn.channels[chan.topic]
+        key = chan.key
+        subs = self.subscriptions.get(key)
+        if subs is not None:
+            subs.pop(chan, None)
+            if not subs:
+                del self.subscriptions[key]
+        if push_close:
+            self._send(conn, Message(join_ref=chan.join_ref, ref=chan.join_ref, topic=chan.topic,
+                                     event="phx_close", payload={}))
+        presence = self.presence.get(key)
+        if presence is not None:
+            diff = presence.untrack(chan)
+            if not presence:
+                del self.presence[key]
+            self._fanout_presence(key, chan.topic, diff)
+        if chan.token_exp is not None:
+            conn.expiry_changed.set()
+
+    def _shutdown(self, chan: _Channel, message: str) -> None:
+        """The official "shutdown response": a ``system`` error, then ``phx_close`` (§3.7)."""
+        logger.info("connection %d: closing %s: %s", chan.conn.id, chan.topic, message)
+        self._push(chan, "system", {"extension": "system", "status": "error", "message": message,
+                                    "channel": chan.sub_topic})
+        self._close_channel(chan, push_close=True)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def _dispatch(self, conn: _Connection, msg: Message) -> None:
+        if msg.topic == "phoenix":
+            if msg.event == "heartbeat":
+                self._reply(conn, msg, None, "ok", {})
+            return
+        if msg.event == "phx_join":
+            await self._join(conn, msg)
+            return
+        chan = conn.channels.get(msg.topic)
+        if chan is None:
+            if msg.event == "phx_leave":
+                self._reply(conn, msg, msg.join_ref, "ok", {})
+            else:
+                self._reply(conn, msg, None, "error", {"reason": "unmatched topic"})
+            return
+        if msg.join_ref is not None and chan.join_ref is not None and msg.join_ref != chan.join_ref:
+            # Phoenix 1.8 drops pushes of a previous join of the topic (a missing join_ref is fine).
+            logger.debug("connection %d: dropped %r on %s with a stale join_ref",
+                         conn.id, msg.event, msg.topic)
+            return
+        try:
+            self._channel_in(chan, msg)
+        except Exception:
+            # What a crashed Phoenix channel process does: phx_error, channel gone, socket stays.
+            logger.exception("connection %d: %s crashed handling %r", conn.id, chan.topic, msg.event)
+            self._send(conn, Message(join_ref=chan.join_ref, ref=chan.join_ref, topic=chan.topic,
+                                     event="phx_error", payload={}))
+            self._close_channel(chan, push_close=False)
+
+    def _channel_in(self, chan: _Channel, msg: Message) -> None:
+        event = msg.event
+        if event == "phx_leave":
+            self._reply(chan.conn, msg, chan.join_ref, "ok", {})
+            self._close_channel(chan, push_close=True)
+        elif event == "broadcast":
+            self._on_broadcast(chan, msg)
+        elif event == "presence":
+            self._on_presence(chan, msg)
+        elif event == "access_token":
+            self._on_access_token(chan, msg)
+        else:
+            logger.info("connection %d: ignored unknown event %r on %s",
+                        chan.conn.id, event[:100], chan.topic)
+
+    async def _join(self, conn: _Connection, msg: Message) -> None:
+        topic = msg.topic
+        if not topic.startswith(_TOPIC_PREFIX):
+            self._reply(conn, msg, None, "error", {"reason": "unmatched topic"})
+            return
+        old = conn.channels.get(topic)
+        if old is not None:
+            # Duplicate join: the old channel goes now, its phx_close follows the new reply (§3.6).
+            logger.debug("connection %d: duplicate join of %s; closing the previous one", conn.id, topic)
+            self._close_channel(old, push_close=False)
+        params = parse_join(msg.payload)
+        if params.problems:
+            logger.info("connection %d: InvalidJoinPayload on %s (ignored parts): %s", conn.id, topic,
+                        "; ".join(params.problems))
+        token = params.access_token if params.access_token is not None else conn.token
+        reason, exp = self._join_check(conn, topic, params, token)
+        if reason is not None:
+            logger.info("connection %d: join of %s refused: %s", conn.id, topic, reason)
+            if self.config.join_error_backoff > 0:
+                await trio.sleep(self.config.join_error_backoff)
+            self._reply(conn, msg, msg.join_ref, "error", {"reason": reason})
+            self._push_old_close(conn, old)
+            return
+        sub_topic = topic[len(_TOPIC_PREFIX):]
+        chan = _Channel(
+            conn=conn,
+            topic=topic,
+            sub_topic=sub_topic,
+            join_ref=msg.join_ref,
+            params=params,
+            presence_key=params.presence_key if params.presence_key is not None else _uuid1(self.rng),
+            presence_enabled=params.presence_enabled,
+            presence_calls=CallWindow(limit=self.config.presence_rate_limit,
+                                      window=self.config.presence_rate_window),
+            token=token,
+            token_exp=exp,
+        )
+        conn.channels[topic] = chan
+        self.subscriptions.setdefault(chan.key, {})[chan] = None
+        self.channel_count += 1
+        self._reply(conn, msg, msg.join_ref, "ok", {"postgres_changes": list(params.postgres_changes)})
+        self._push_old_close(conn, old)
+        if params.replication_ready:
+            # No replication here to wait for: always ready (§4.9).
+            self._push(chan, "system", {"extension": "system", "status": "ok",
+                                        "message": "Replication connection established",
+                                        "channel": sub_topic})
+        if chan.presence_enabled:
+            presence = self.presence.get(chan.key)
+            self._push(chan, "presence_state", presence.state() if presence is not None else {})
+        if exp is not None:
+            conn.expiry_changed.set()
+
+    def _push_old_close(self, conn: _Connection, old: _Channel | None) -> None:
+        if old is not None:
+            self._send(conn, Message(join_ref=old.join_ref, ref=old.join_ref, topic=old.topic,
+                                     event="phx_close", payload={}))
+
+    def _join_check(
+        self, conn: _Connection, topic: str, params: JoinParams, token: str | None
+    ) -> tuple[str | None, float | None]:
+        """The official join pipeline's checks that apply here (§3.3): (reason, token exp)."""
+        if topic == _TOPIC_PREFIX:
+            return "TopicNameRequired: You must provide a topic name", None
+        if len(conn.channels) >= self.config.max_channels_per_client:
+            return "ChannelRateLimitReached: Too many channels", None
+        exp = None
+        if self.verifier is not None:
+            result = self.verifier.verify(token or "", time.time())
+            if isinstance(result, TokenRejected):
+                return result.join_reason, None
+            exp = result.exp
+        replay_error = params.replay_error()
+        if replay_error is not None:
+            return replay_error, None
+        return None, exp
+
+    def _on_broadcast(self, chan: _Channel, msg: Message) -> None:
+        payload = msg.payload
+        if not isinstance(payload, dict):
+            logger.info("connection %d: ignored a broadcast with a non-map payload on %s",
+                        chan.conn.id, chan.topic)
+            return
+        ack = chan.params.broadcast_ack
+        if _payload_size(payload) > self.config.max_payload_bytes:
+            logger.info("connection %d: dropped an oversized broadcast on %s", chan.conn.id, chan.topic)
+            if ack:
+                self._reply(chan.conn, msg, chan.join_ref, "error", {"reason": "Payload size exceeded"})
+            return
+        out = Message(topic=chan.topic, event="broadcast", payload=payload, user_broadcast=msg.user_broadcast)
+        self._fanout(chan.key, out, exclude=None if chan.params.broadcast_self else chan)
+        if ack:
+            self._reply(chan.conn, msg, chan.join_ref, "ok", {})
+
+    def _on_presence(self, chan: _Channel, msg: Message) -> None:
+        if not chan.presence_calls.hit(trio.current_time()):
+            self._shutdown(chan, "Client presence rate limit exceeded")
+            return
+        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        event = payload.get("event")
+        if event is None:
+            self._reply(chan.conn, msg, chan.join_ref, "ok", {})
+            return
+        event = event.lower() if isinstance(event, str) else None
+        if event == "track":
+            meta = payload.get("payload", {})
+            if not isinstance(meta, dict):
+                self._reply(chan.conn, msg, chan.join_ref, "error",
+                            {"reason": "Presence track payload must be a map"})
+                return
+            if _payload_size(meta) > self.config.max_payload_bytes:
+                self._shutdown(chan, "Track message size exceeded")
+                return
+            chan.presence_enabled = True  # auto-enabled, without a presence_state push (§5.1)
+            diff = self.presence.setdefault(chan.key, PresenceTopic()).track(
+                chan, chan.presence_key, meta, self.new_ref
+            )
+            self._reply(chan.conn, msg, chan.join_ref, "ok", {})
+            self._fanout_presence(chan.key, chan.topic, diff)
+        elif event == "untrack":
+            presence = self.presence.get(chan.key)
+            diff = presence.untrack(chan) if presence is not None else None
+            if presence is not None and not presence:
+                del self.presence[chan.key]
+            self._reply(chan.conn, msg, chan.join_ref, "ok", {})
+            self._fanout_presence(chan.key, chan.topic, diff)
+        else:
+            self._reply(chan.conn, msg, chan.join_ref, "error", {})
+
+    def _on_access_token(self, chan: _Channel, msg: Message) -> None:
+        # Never replied to (§3.8).
+        payload = msg.payload if isinstance(msg.payload, dict) else {}
+        token = payload.get("access_token")
+        if not isinstance(token, str) or token.startswith("sb_") or token == chan.token:
+            return
+        if self.verifier is None:
+            chan.token = token
+            return
+        result = self.verifier.verify(token, time.time())
+        if isinstance(result, TokenRejected):
+            self._shutdown(chan, result.system_message)
+            return
+        chan.token = token
+        chan.token_exp = result.exp
+        chan.conn.expiry_changed.set()
+
+
+@final
+class RealtimeServer(metaclass=_NoPublicConstructor):
+    """A running reference server, as handed out by :func:`serve_realtime`.
+
+    Attributes:
+        host: the host it was asked to bind.
+        port: the bound port (the real one when 0 was asked for).
+    """
+
+    def __init__(self, hub: _Hub, host: str, port: int) -> None:
+        self._hub = hub
+        self.host = host
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"<RealtimeServer {self.url}>"
+
+    @property
+    def url(self) -> str:
+        """The Realtime endpoint, e.g. ``ws://127.0.0.1:4000/realtime/v1``.
+
+        Clients append ``/websocket`` (and the query string) to it, as supabase-js does.
+        """
+        host = self.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self.port}/realtime/v1"
+
+    def websocket_url(self, vsn: str = "1.0.0") -> str:
+        """The full WebSocket URL for serializer ``vsn`` (add ``&apikey=...`` yourself)."""
+        return f"{self.url}/websocket?vsn={vsn}"
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the server's counters."""
+        return self._hub.statistics()
+
+    async def disconnect_all(self, code: int = 1012) -> None:
+        """Disconnect every client, as the official server does on a config change.
+
+        Each joined channel gets a ``system`` message "Server requested disconnect", then each
+        socket is closed with ``code`` (1012, service restart, by default) after its queued
+        frames. Returns when every socket is closed (each bounded by
+        ``ServerConfig.close_timeout``). Clients reconnect on their own.
+
+        This is a checkpoint.
+        """
+        await self._hub.disconnect_all(code)
+
+
+def _listener_port(listener: trio.SocketListener) -> int:
+    port: int = listener.socket.getsockname()[1]
+    return port
+
+
+def _same_port(listeners: list[trio.SocketListener]) -> Iterator[trio.SocketListener]:
+    first = _listener_port(listeners[0])
+    for listener in listeners:
+        if _listener_port(listener) == first:
+            yield listener
+
+
+async def serve_realtime(
+    host: str,
+    port: int,
+    *,
+    jwt_secret: str | None = None,
+    config: ServerConfig | None = None,
+    task_status: trio.TaskStatus[RealtimeServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a Supabase Realtime-compatible server until cancelled.
+
+    It speaks vsn 1.0.0 and 2.0.0 on ``/socket/websocket`` and ``/realtime/v1/websocket``:
+    heartbeats, channel joins, broadcast (with ``self``/``ack``, JSON and binary), presence,
+    access token refreshes and the official error replies. postgres_changes bindings are
+    acknowledged with ids but no changes are produced.
+
+    Use with the Trio start protocol::
+
+        server = await nursery.start(serve_realtime, "127.0.0.1", 0)
+        url = server.websocket_url("2.0.0")
+
+    Args:
+        host: the address to bind, e.g. ``"127.0.0.1"``.
+        port: the port; 0 picks a free one (see :attr:`RealtimeServer.port`).
+        jwt_secret: the HMAC secret API keys and access tokens must be signed with (HS256,
+            HS384, HS512), carrying ``role`` and ``exp``. None is **development mode**: any
+            API key is accepted and tokens are never checked.
+        config: limits and timings; ``ServerConfig()`` by default.
+        task_status: the Trio start protocol; receives the :class:`RealtimeServer`.
+    """
+    config = config if config is not None else ServerConfig()
+    if jwt_secret is None:
+        logger.warning("DEVELOPMENT MODE: no JWT secret; the server accepts ANY API key and "
+                       "checks no access token. Pass a JWT secret for anything but local testing.")
+    elif len(jwt_secret.encode("utf-8")) < 32:
+        logger.warning("the JWT secret is shorter than 32 bytes; HMAC-SHA256 wants at least 32")
+    hub = _Hub(config, jwt_secret)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    if port == 0 and len(listeners) > 1:
+        # Port 0 on a name with several addresses binds each on a different port; keep one.
+        keep = list(_same_port(listeners))
+        for listener in listeners:
+            if listener not in keep:
+                await listener.aclose()
+        listeners = keep
+    ws_server = WebSocketServer(
+        hub.handle,
+        listeners,
+        max_message_size=config.max_frame_size,
+        connect_timeout=_HANDSHAKE_TIMEOUT,
+        disconnect_timeout=config.close_timeout,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ws_server.run)
+        server = RealtimeServer._create(hub, host, _listener_port(listeners[0]))
+        logger.info("listening on %s (vsn %s)", server.url, " and ".join(SUPPORTED_VSNS))
+        task_status.started(server)

@@ -40,6 +40,8 @@ from .protocol import (
     ChannelErrored as ChannelErrored,
     ChannelState as ChannelState,
     Dropped as Dropped,
+    PostgresChange as PostgresChange,
+    PostgresChanges as PostgresChanges,
     PresenceConfig as PresenceConfig,
     PresenceJoin as PresenceJoin,
     PresenceLeave as PresenceLeave,

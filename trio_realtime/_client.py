@@ -28,9 +28,9 @@ or a ``phx_error``) is done by a rejoin task of the connection, with a fresh tok
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, final
+from typing import Any, Literal, final
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import attrs
@@ -61,10 +61,12 @@ from .protocol import (
     ChannelState,
     ClientConnection,
     HeartbeatAcked,
+    PostgresChanges,
     PresenceConfig,
-    RealtimeEvent,
+    PresenceSync,
     Rejoined,
     Reply,
+    SystemMessage,
     topic_for,
 )
 
@@ -89,7 +91,8 @@ class ClientStatistics:
         reconnects: connections after the first.
         connection_losses: connections that died (heartbeat, socket, server close).
         uptime: seconds the current connection has been open (0 when disconnected).
-        channels: channels on this client.
+        channels: channels (server-side joins) on this client.
+        subscriptions: subscriptions; several may share one channel.
         joined_channels: channels currently joined.
         queued_events: events waiting in all subscription queues.
         dropped_events: events dropped on overflow, all subscriptions.
@@ -107,6 +110,7 @@ class ClientStatistics:
     connection_losses: int
     uptime: float
     channels: int
+    subscriptions: int
     joined_channels: int
     queued_events: int
     dropped_events: int
@@ -209,7 +213,11 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         self._connected = trio.Event()
         self._connection_scope: trio.CancelScope | None = None
         self._lost_reason: str | None = None
+        self._lost_kind: Literal["lost", "idle", "hidden"] = "lost"
         self._closed = False
+        self._visible = True
+        self._visibility_changed = trio.Event()
+        self._channels_changed = trio.Event()
         self._state = ConnectionState.CONNECTING
         self._state_watchers: list[trio.MemorySendChannel[ConnectionState]] = []
         self._connected_at: float | None = None
@@ -282,6 +290,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         broadcast: BroadcastConfig | None = None,
         presence: PresenceConfig | bool | None = None,
         private: bool = False,
+        postgres_changes: Sequence[PostgresChanges] = (),
         buffer: int | None = None,
         overflow: OverflowPolicy | None = None,
     ) -> AsyncIterator[Subscription]:
@@ -297,6 +306,10 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             presence: a :class:`PresenceConfig`, or True to receive presence with a
                 server-chosen key.
             private: join as a private channel (the server authorizes with your token).
+            postgres_changes: row changes to receive, as :class:`PostgresChanges` bindings.
+                With bindings, the block is entered only once the server confirmed the
+                database subscription ("Subscribed to PostgreSQL"), so a row committed right
+                after entering is delivered; a subscription error raises JoinRejected.
             buffer: this subscription's queue size (default ``config.subscription_buffer``).
             overflow: this subscription's overflow policy (default ``config.overflow``).
 
@@ -309,11 +322,6 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         if self._closed:
             raise trio.ClosedResourceError("the realtime client is closed")
         topic = topic_for(name)
-        if topic in self._channels:
-            raise LocalProtocolError(
-                f"this client already has a subscription to {topic!r}; use one subscription per "
-                "topic (shared subscriptions come with the seed features)"
-            )
         if presence is True:
             presence_config = PresenceConfig(enabled=True)
         elif presence is None or presence is False:
@@ -321,31 +329,89 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         else:
             presence_config = presence
         config = ChannelConfig(
-            broadcast=broadcast or BroadcastConfig(), presence=presence_config, private=private
+            broadcast=broadcast or BroadcastConfig(),
+            presence=presence_config,
+            private=private,
+            postgres_changes=tuple(postgres_changes),
         )
-        capacity = self._config.subscription_buffer if buffer is None else buffer
-        send, receive = trio.open_memory_channel[RealtimeEvent](capacity)
-        core = self._conn.add_channel(topic)
-        ch = _Channel(
-            topic=topic,
-            config=config,
-            core=core,
-            send=send,
-            receive=receive,
-            capacity=capacity,
-            overflow=self._config.overflow if overflow is None else overflow,
-            max_pending=self._config.max_pending_pushes,
+        ch = await self._channel_for(topic, config)
+        subscriber = ch.add_subscriber(
+            self._config.subscription_buffer if buffer is None else buffer,
+            self._config.overflow if overflow is None else overflow,
         )
-        self._channels[topic] = ch
+        self._notify_channels()
+        subscription: Subscription | None = None
         try:
-            await self._first_join(ch)
-            yield Subscription._create(self, ch)
+            async with ch.join_lock:
+                if ch.closed_reason is not None:
+                    raise SubscriptionClosed(topic, ch.closed_reason)
+                if not ch.core.joined_once:
+                    await self._first_join(ch)
+                elif ch.config.presence.enabled and ch.core.presence.join_ref is not None:
+                    # A later subscriber of a joined channel starts from the current state.
+                    subscriber.deliver(PresenceSync(topic=topic, state=ch.core.presence.snapshot()))
+            subscription = Subscription._create(self, ch, subscriber)
+            yield subscription
         finally:
-            ch.closing = True
-            with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self._config.leave_timeout
-                await self._leave(ch)
-            self._forget_channel(ch)
+            if subscription is not None:
+                subscription._exited = True
+            ch.remove_subscriber(subscriber)
+            if not ch.subscribers:
+                ch.closing = True
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + self._config.leave_timeout
+                    await self._leave(ch)
+                self._forget_channel(ch)
+            self._notify_channels()
+
+    async def _channel_for(self, topic: str, config: ChannelConfig) -> _Channel:
+        """The channel to join ``topic`` with ``config``: the existing one, or a new one."""
+        while True:
+            ch = self._channels.get(topic)
+            if ch is None:
+                core = self._conn.add_channel(topic, config.postgres_changes)
+                ch = self._channels[topic] = _Channel(
+                    topic=topic, config=config, core=core, max_pending=self._config.max_pending_pushes
+                )
+                return ch
+            if ch.closing:
+                await ch.forgotten.wait()  # its last subscriber is leaving; then start afresh
+                continue
+            if ch.config != config:
+                raise LocalProtocolError(
+                    f"{topic!r} is already subscribed on this client with another configuration "
+                    f"({ch.config!r}); subscriptions to one topic share one server join, so they "
+                    f"must ask for the same one (this one asked for {config!r})"
+                )
+            return ch
+
+    def set_visible(self, visible: bool) -> None:
+        """Tell the client whether the app is visible (a browser tab's visibility, say).
+
+        Hidden: the connection is closed (the server would drop an idle socket after 60 s
+        anyway) while every subscription stays open; subscribers see ``ChannelErrored``
+        ("paused"), and pushes are buffered. Visible again: the client reconnects, rejoins,
+        re-tracks presence and flushes the buffered pushes in order; subscribers see
+        ``Rejoined(recovered=False)``. Not a checkpoint.
+        """
+        if visible is self._visible:
+            return
+        self._visible = visible
+        self._visibility_changed.set()
+        self._visibility_changed = trio.Event()
+
+    async def follow_visibility(self, source: AsyncIterable[bool]) -> None:
+        """Apply every value of ``source`` with :meth:`set_visible`, until it ends.
+
+        Run it in your nursery, e.g. ``nursery.start_soon(client.follow_visibility, changes)``
+        where ``changes`` is a memory channel your UI layer feeds.
+        """
+        async for visible in source:
+            self.set_visible(visible)
+
+    def _notify_channels(self) -> None:
+        self._channels_changed.set()
+        self._channels_changed = trio.Event()
 
     async def set_auth(self, token: str | None) -> None:
         """Use ``token`` from now on and push it to every joined channel. A checkpoint.
@@ -382,9 +448,12 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             connection_losses=c["connection_losses"],
             uptime=0.0 if self._connected_at is None else now - self._connected_at,
             channels=len(chans),
+            subscriptions=sum(len(ch.subscribers) for ch in chans),
             joined_channels=sum(ch.core.state is ChannelState.JOINED for ch in chans),
-            queued_events=sum(ch.receive.statistics().current_buffer_used for ch in chans),
-            dropped_events=sum(ch.dropped for ch in chans),
+            queued_events=sum(
+                sub.receive.statistics().current_buffer_used for ch in chans for sub in ch.subscribers
+            ),
+            dropped_events=sum(sub.dropped for ch in chans for sub in ch.subscribers),
             pending_pushes=sum(len(ch.outbox) for ch in chans),
             frames_received=c["frames_received"],
             frames_sent=c["frames_sent"],
@@ -415,12 +484,35 @@ class RealtimeClient(metaclass=NoPublicConstructor):
     # -- the supervisor ------------------------------------------------------------------------
 
     async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, run the connection, reconnect with backoff; forever, until cancelled."""
+        """Connect, run the connection, reconnect with backoff; forever, until cancelled.
+
+        Eager mode connects at once and reports the first failure to ``open_realtime``.
+        Lazy mode starts IDLE and connects when the first channel is entered; it closes the
+        socket ``idle_disconnect_delay`` after the last channel left. While the app is hidden
+        (``set_visible(False)``) no connection is kept. Neither an idle nor a hidden close
+        counts as a loss: the client reconnects without backoff once it is wanted again.
+        """
+        lazy = self._config.connect == "lazy"
         started = False
         attempt = 0
         try:
+            if lazy:
+                started = True
+                self._set_state(ConnectionState.IDLE)
+                task_status.started()
             while True:
-                self._set_state(ConnectionState.CONNECTING if not started else ConnectionState.RECONNECTING)
+                if lazy and not self._channels:
+                    self._set_state(ConnectionState.IDLE)
+                    while not self._channels:
+                        await self._channels_changed.wait()
+                if not self._visible:
+                    self._set_state(ConnectionState.PAUSED)
+                    while not self._visible:
+                        await self._visibility_changed.wait()
+                if self._state not in (ConnectionState.CONNECTING, ConnectionState.RECONNECTING):
+                    self._set_state(
+                        ConnectionState.CONNECTING if attempt == 0 else ConnectionState.RECONNECTING
+                    )
                 self._counters["connection_attempts"] += 1
                 try:
                     transport = await self._transport_factory(self._ws_url)
@@ -434,6 +526,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         return
                     # The wait after the loss itself was delay(0); failure n waits delay(n).
                     delay = self._config.reconnect_backoff.delay(attempt, self._config.rng)
+                    self._set_state(ConnectionState.RECONNECTING)
                     log.warning("connection attempt failed (%s); retrying in %.2f s", exc, delay)
                     await trio.sleep(delay)
                     continue
@@ -442,6 +535,9 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                     started = True
                     task_status.started()
                 reason = await self._run_connection(transport)
+                if self._lost_kind != "lost":
+                    log.info("connection closed: %s", reason)
+                    continue  # idle or hidden: reconnect when wanted, without backoff
                 self._counters["connection_losses"] += 1
                 log.warning("connection lost: %s", reason)
                 self._set_state(ConnectionState.RECONNECTING)
@@ -461,8 +557,9 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         self._closed = True
 
     async def _run_connection(self, transport: Transport) -> str:
-        """Run one connection until it dies; return why."""
+        """Run one connection until it dies (or is closed as idle or hidden); return why."""
         self._lost_reason = None
+        self._lost_kind = "lost"
         self._transport = transport
         self._counters["connections"] += 1
         now = trio.current_time()
@@ -475,6 +572,9 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 self._connection_scope = nursery.cancel_scope
                 nursery.start_soon(self._reader, transport, nursery)
                 nursery.start_soon(self._heartbeat)
+                nursery.start_soon(self._watch_visibility)
+                if self._config.connect == "lazy":
+                    nursery.start_soon(self._watch_idle)
                 for ch in list(self._channels.values()):
                     if ch.core.joined_once and ch.core.state is ChannelState.ERRORED and not ch.closing:
                         nursery.start_soon(self._rejoin, ch)
@@ -497,10 +597,15 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 await transport.aclose(1000, "")
         return reason
 
-    def _lose(self, reason: str) -> None:
-        """Declare the current connection dead (any sibling task may call this)."""
+    def _lose(self, reason: str, kind: Literal["lost", "idle", "hidden"] = "lost") -> None:
+        """Declare the current connection over (any sibling task may call this).
+
+        ``kind`` says why: ``"lost"`` (reconnect with backoff), ``"idle"`` (lazy mode, no
+        channels) or ``"hidden"`` (paused until visible).
+        """
         if self._lost_reason is None:
             self._lost_reason = reason
+            self._lost_kind = kind
         if self._connection_scope is not None:
             self._connection_scope.cancel()
 
@@ -561,6 +666,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         if ch is not None and not ch.closing:
                             log.warning("server closed %s: %s", event.topic, event.reason)
                             ch.end(event.reason)
+                            self._detach(ch)
                     else:
                         target = channels.get(event.topic)
                         if target is None:
@@ -570,6 +676,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                             if target.core.joined_once and not target.closing:
                                 nursery.start_soon(self._rejoin, target)
                         else:
+                            if isinstance(event, SystemMessage) and event.extension == "postgres_changes":
+                                target.postgres_result(event)
                             target.deliver(event)
 
     def _channel_errored(self, ch: _Channel, event: ChannelErrored) -> None:
@@ -583,6 +691,25 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         if ch.core.joined_once and not self._closed:
             ch.errored = True
             ch.deliver(event)
+
+    async def _watch_visibility(self) -> None:
+        """Close the connection when the app becomes hidden (see ``set_visible``)."""
+        while self._visible:
+            await self._visibility_changed.wait()
+        self._lose("paused: the app is hidden (set_visible(False))", kind="hidden")
+
+    async def _watch_idle(self) -> None:
+        """Lazy mode: close the connection once no channel was left for the idle delay."""
+        delay = self._config.idle_disconnect_delay
+        while True:
+            while self._channels:
+                await self._channels_changed.wait()
+            with trio.move_on_after(delay):
+                while not self._channels:
+                    await self._channels_changed.wait()
+                continue  # a channel was entered in time: keep the connection
+            self._lose(f"idle: no channels for {delay:g} s", kind="idle")
+            return
 
     async def _heartbeat(self) -> None:
         conn = self._conn
@@ -616,6 +743,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         token = await self._fetch_token()
         if self._transport is None:
             raise ConnectionLost("not connected")
+        ch.postgres_status = None  # this join's database subscription result is still to come
         ref, frame = self._conn.join(ch.topic, ch.config.join_payload(token))
         waiter = self._waiters[ref] = _Waiter()
         try:
@@ -636,11 +764,26 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             except ConnectionLost:
                 continue  # it rejoins on the next connection
             if reply.ok:
+                if ch.config.postgres_changes:
+                    await self._wait_postgres_subscribed(ch)
                 await self._joined(ch)
                 return
             self._conn.close_channel(ch.topic)
             reason = _reason(reply.response)
             raise JoinRejected(ch.topic, reason, reply.response)
+
+    async def _wait_postgres_subscribed(self, ch: _Channel) -> None:
+        """Wait for the server's "Subscribed to PostgreSQL" (or its error) after a join.
+
+        The official server acknowledges the join before the database subscription is live
+        (rows committed in between are lost); waiting for the confirmation closes that gap.
+        """
+        with trio.move_on_after(self._config.join_timeout):
+            message = await ch.wait_postgres_result()
+            if message.status == "ok":
+                return
+            raise JoinRejected(ch.topic, message.message, {"reason": message.message})
+        raise JoinTimedOut(ch.topic, self._config.join_timeout)
 
     async def _rejoin(self, ch: _Channel) -> None:
         """Rejoin ``ch`` on the current connection; a task of the connection's nursery."""
@@ -666,6 +809,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             if policy.exhausted(attempt):
                 self._conn.close_channel(ch.topic)
                 ch.end(f"rejoin gave up after {attempt} attempts: {reason}")
+                self._detach(ch)
                 return
             await trio.sleep(policy.delay(attempt - 1, self._config.rng))
 
@@ -709,6 +853,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
     async def _leave(self, ch: _Channel) -> None:
         """Leave ``ch`` on the server if it may be joined there, then close it locally."""
         ch.fail_outbox(trio.ClosedResourceError(f"subscription to {ch.topic!r} was closed"))
+        if self._conn.channels.get(ch.topic) is not ch.core:
+            return  # already detached (closed by the server): nothing to leave
         state = ch.core.state
         if self._transport is not None and state in (
             ChannelState.JOINED,
@@ -727,13 +873,28 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 self._conn.forget(ref)
         self._conn.close_channel(ch.topic)
 
-    def _forget_channel(self, ch: _Channel) -> None:
+    def _detach(self, ch: _Channel) -> None:
+        """Take a channel the server closed out of the registries at once, so a new
+        subscription to its topic starts a fresh join; its subscribers keep their streams
+        (which end with SubscriptionClosed) until their blocks exit."""
         if self._channels.get(ch.topic) is ch:
             del self._channels[ch.topic]
-        self._conn.close_channel(ch.topic)
-        self._conn.remove_channel(ch.topic)
-        ch.send.close()
-        ch.receive.close()
+        if self._conn.channels.get(ch.topic) is ch.core:
+            self._conn.close_channel(ch.topic)
+            self._conn.remove_channel(ch.topic)
+        ch.forgotten.set()
+        self._notify_channels()
+
+    def _forget_channel(self, ch: _Channel) -> None:
+        """Remove ``ch`` from this client (its server-side join is over)."""
+        if self._channels.get(ch.topic) is ch:
+            del self._channels[ch.topic]
+        if self._conn.channels.get(ch.topic) is ch.core:
+            self._conn.close_channel(ch.topic)
+            self._conn.remove_channel(ch.topic)
+        for subscriber in list(ch.subscribers):
+            ch.remove_subscriber(subscriber)
+        ch.forgotten.set()
 
     # -- pushes -------------------------------------------------------------------------------------
 
@@ -879,4 +1040,3 @@ def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
     error = InternalError(f"{len(real)} errors escaped the realtime client; please report this bug")
     error.__cause__ = group
     return error
-

@@ -61,6 +61,12 @@ class RealtimeConfig:
         receive_size: bytes per socket read (large reads let one read carry many messages).
         max_message_size: largest incoming message accepted, in bytes.
         rng: random source for backoff jitter (``random.Random(seed)`` for reproducible runs).
+        connect: ``"eager"`` (default): ``open_realtime`` connects before its block is entered
+            and raises if that fails, so a wrong URL or key shows up at once. ``"lazy"``: the
+            socket opens when the first channel is entered and closes
+            ``idle_disconnect_delay`` seconds after the last one left (reopening on demand);
+            for apps whose realtime features come and go.
+        idle_disconnect_delay: lazy mode's grace period before closing an unused socket.
     """
 
     vsn: str = attrs.field(default="2.0.0", validator=_check_vsn)
@@ -79,3 +85,5 @@ class RealtimeConfig:
     receive_size: int = 65536
     max_message_size: int = 5_000_000
     rng: RandomSource = attrs.field(factory=random.Random, eq=False, repr=False)
+    connect: Literal["eager", "lazy"] = "eager"
+    idle_disconnect_delay: float = attrs.field(default=1.0, validator=_check_positive)

@@ -10,7 +10,7 @@ import trio
 
 from ._errors import LocalProtocolError, SubscriptionClosed
 from ._util import NoPublicConstructor
-from .protocol import ChannelConfig, ChannelCore, ChannelState, Dropped, RealtimeEvent
+from .protocol import ChannelConfig, ChannelCore, ChannelState, Dropped, RealtimeEvent, SystemMessage
 
 if TYPE_CHECKING:
     from ._client import RealtimeClient, _Waiter
@@ -31,6 +31,7 @@ class SubscriptionStatistics:
         delivered: events put in the queue so far.
         dropped: events dropped because the queue was full.
         pending_pushes: pushes buffered until the channel is joined.
+        subscribers: subscriptions sharing this channel's join (this one included).
     """
 
     topic: str
@@ -40,6 +41,7 @@ class SubscriptionStatistics:
     delivered: int
     dropped: int
     pending_pushes: int
+    subscribers: int
 
 
 @attrs.define(eq=False)
@@ -58,38 +60,23 @@ class _Outgoing:
 
 
 @attrs.define(eq=False)
-class _Channel:
-    """The client's side of one channel: protocol core, queue, outbox. Owned by the client."""
+class _Subscriber:
+    """One ``async with client.channel(...)`` block's queue. Fed by the reader task only."""
 
     topic: str
-    config: ChannelConfig
-    core: ChannelCore
     send: trio.MemorySendChannel[RealtimeEvent]
     receive: trio.MemoryReceiveChannel[RealtimeEvent]
     capacity: int
     overflow: OverflowPolicy
-    max_pending: int
     delivered: int = 0
     dropped: int = 0
     pending_dropped: int = 0
-    #: The user's block is exiting: no more deliveries, no rejoins.
-    closing: bool = False
-    #: Why the subscription ended from the other side (server close, overflow, rejoin give-up).
+    #: Why this subscriber's stream ended from the other side (server close, overflow, ...).
     closed_reason: str | None = None
-    outbox: collections.deque[_Outgoing] = attrs.field(factory=collections.deque)
-    outbox_space: trio.Event = attrs.field(factory=trio.Event)
-    #: True while buffered pushes are being sent after a join; direct sends wait their turn.
-    flushing: bool = False
-    #: The channel is joined and its outbox was flushed: pushes may go straight to the wire.
-    ready: bool = False
-    #: ChannelErrored was delivered: the next successful join delivers Rejoined.
-    errored: bool = False
-    #: The presence meta last tracked (None: not tracking); re-tracked after every rejoin.
-    tracked_meta: dict[str, Any] | None = None
 
     def deliver(self, event: RealtimeEvent) -> None:
-        """Queue ``event`` without blocking, applying the overflow policy. Reader task only."""
-        if self.closing or self.closed_reason is not None:
+        """Queue ``event`` without blocking, applying the overflow policy."""
+        if self.closed_reason is not None:
             return
         if self.pending_dropped:
             try:
@@ -118,12 +105,87 @@ class _Channel:
             self.delivered += 1
 
     def end(self, reason: str) -> None:
-        """End the subscription from the other side: queued events stay readable, then
-        ``receive`` raises SubscriptionClosed(reason)."""
+        """End this stream: queued events stay readable, then receive raises
+        SubscriptionClosed(reason)."""
+        if self.closed_reason is None:
+            self.closed_reason = reason
+        self.send.close()
+
+
+@attrs.define(eq=False)
+class _Channel:
+    """One server-side join of a topic, shared by every subscriber of that topic on a client.
+
+    Owned by the client; the reader task is the only one that delivers to it.
+    """
+
+    topic: str
+    config: ChannelConfig
+    core: ChannelCore
+    max_pending: int
+    subscribers: list[_Subscriber] = attrs.field(factory=list)
+    #: Serialises first joins: a subscriber entering while another is joining waits for it.
+    join_lock: trio.Lock = attrs.field(factory=trio.Lock)
+    #: Set once the client dropped this channel (left, or closed by the server).
+    forgotten: trio.Event = attrs.field(factory=trio.Event)
+    #: The last subscriber's block is exiting: no more deliveries, no rejoins.
+    closing: bool = False
+    #: Why the channel ended from the other side (server close, rejoin give-up, client closed).
+    closed_reason: str | None = None
+    outbox: collections.deque[_Outgoing] = attrs.field(factory=collections.deque)
+    outbox_space: trio.Event = attrs.field(factory=trio.Event)
+    #: True while buffered pushes are being sent after a join; direct sends wait their turn.
+    flushing: bool = False
+    #: The channel is joined and its outbox was flushed: pushes may go straight to the wire.
+    ready: bool = False
+    #: ChannelErrored was delivered: the next successful join delivers Rejoined.
+    errored: bool = False
+    #: The presence meta last tracked (None: not tracking); re-tracked after every rejoin.
+    tracked_meta: dict[str, Any] | None = None
+    #: The last postgres_changes subscription result (``system`` message) and its signal.
+    postgres_status: SystemMessage | None = None
+    postgres_changed: trio.Event = attrs.field(factory=trio.Event)
+
+    def postgres_result(self, message: SystemMessage) -> None:
+        """The server reported the database subscription's result. Reader task only."""
+        self.postgres_status = message
+        self.postgres_changed.set()
+        self.postgres_changed = trio.Event()
+
+    async def wait_postgres_result(self) -> SystemMessage:
+        """Wait for the result of the current join's database subscription."""
+        while self.postgres_status is None:
+            await self.postgres_changed.wait()
+        return self.postgres_status
+
+    def add_subscriber(self, capacity: int, overflow: OverflowPolicy) -> _Subscriber:
+        send, receive = trio.open_memory_channel[RealtimeEvent](capacity)
+        subscriber = _Subscriber(
+            topic=self.topic, send=send, receive=receive, capacity=capacity, overflow=overflow
+        )
+        self.subscribers.append(subscriber)
+        return subscriber
+
+    def remove_subscriber(self, subscriber: _Subscriber) -> None:
+        if subscriber in self.subscribers:
+            self.subscribers.remove(subscriber)
+        subscriber.send.close()
+        subscriber.receive.close()
+
+    def deliver(self, event: RealtimeEvent) -> None:
+        """Queue ``event`` for every subscriber, each under its own overflow policy."""
+        if self.closing or self.closed_reason is not None:
+            return
+        for subscriber in self.subscribers:
+            subscriber.deliver(event)
+
+    def end(self, reason: str) -> None:
+        """The channel ended from the other side: every subscriber's stream ends."""
         if self.closed_reason is None:
             self.closed_reason = reason
         self.ready = False
-        self.send.close()
+        for subscriber in self.subscribers:
+            subscriber.end(reason)
         self.fail_outbox(SubscriptionClosed(self.topic, reason))
 
     def fail_outbox(self, error: BaseException) -> None:
@@ -152,10 +214,13 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
     events were dropped on overflow.
     """
 
-    def __init__(self, client: RealtimeClient, channel: _Channel) -> None:
+    def __init__(self, client: RealtimeClient, channel: _Channel, subscriber: _Subscriber) -> None:
         self._client = client
         self._channel = channel
+        self._subscriber = subscriber
         self._receiving = False
+        #: The block exited: sending through this subscription is an error.
+        self._exited = False
 
     def __repr__(self) -> str:
         return f"<Subscription {self._channel.topic!r} {self._channel.core.state.value}>"
@@ -190,9 +255,9 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
             raise trio.BusyResourceError("another task is already receiving from this subscription")
         self._receiving = True
         try:
-            return await self._channel.receive.receive()
+            return await self._subscriber.receive.receive()
         except trio.EndOfChannel:
-            reason = self._channel.closed_reason
+            reason = self._subscriber.closed_reason
             if reason is not None:
                 raise SubscriptionClosed(self.topic, reason) from None
             raise
@@ -202,16 +267,16 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
     def receive_nowait(self) -> RealtimeEvent:
         """The next event if one is queued, else raise :class:`trio.WouldBlock`."""
         try:
-            return self._channel.receive.receive_nowait()
+            return self._subscriber.receive.receive_nowait()
         except trio.EndOfChannel:
-            reason = self._channel.closed_reason
+            reason = self._subscriber.closed_reason
             if reason is not None:
                 raise SubscriptionClosed(self.topic, reason) from None
             raise
 
     async def aclose(self) -> None:
         """Stop receiving (the channel stays joined until the block exits). A checkpoint."""
-        await self._channel.receive.aclose()
+        await self._subscriber.receive.aclose()
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -230,6 +295,7 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
                 not have been delivered.
             SubscriptionClosed / trio.ClosedResourceError: the channel is gone.
         """
+        self._check_open()
         body = {"type": "broadcast", "event": event, "payload": {} if payload is None else payload}
         await self._client._push(
             self._channel, "broadcast", body, want_reply=self._channel.config.broadcast.ack
@@ -244,26 +310,37 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
             PushRejected: the server refused (e.g. meta is not an object, or rate limited).
             PushTimedOut, ConnectionLost, SubscriptionClosed: as for :meth:`send_broadcast`.
         """
+        self._check_open()
         if not isinstance(meta, dict):
             raise LocalProtocolError(f"presence meta must be a dict, got {type(meta).__name__}")
         await self._client._track(self._channel, meta)
 
     async def untrack(self) -> None:
         """Stop tracking this client's presence. A checkpoint."""
+        self._check_open()
         await self._client._track(self._channel, None)
+
+    def _check_open(self) -> None:
+        if self._exited:
+            raise trio.ClosedResourceError(
+                f"subscription to {self.topic!r} was used after its `async with` block exited"
+            )
 
     def presence(self) -> dict[str, tuple[dict[str, Any], ...]]:
         """The current presence state: key -> presences (each with ``presence_ref``)."""
         return self._channel.core.presence.snapshot()
 
     def statistics(self) -> SubscriptionStatistics:
+        """A snapshot of this subscription's queue and its channel."""
         ch = self._channel
+        sub = self._subscriber
         return SubscriptionStatistics(
             topic=ch.topic,
             status=ch.core.state.value,
-            queued=ch.receive.statistics().current_buffer_used,
-            capacity=ch.capacity,
-            delivered=ch.delivered,
-            dropped=ch.dropped,
+            queued=sub.receive.statistics().current_buffer_used,
+            capacity=sub.capacity,
+            delivered=sub.delivered,
+            dropped=sub.dropped,
             pending_pushes=len(ch.outbox),
+            subscribers=len(ch.subscribers),
         )

@@ -109,17 +109,18 @@ async def test_user_exception_propagates_unchanged(autojump_clock: MockClock) ->
             assert [m.event for m in server.messages(topic="room")] == ["phx_join", "phx_leave"]
 
 
-async def test_duplicate_subscription_is_refused(autojump_clock: MockClock) -> None:
+async def test_second_subscription_with_another_config_is_refused(autojump_clock: MockClock) -> None:
     with trio.fail_after(10):
         async with (
             open_scripted_server() as server,
             open_client(server) as client,
             client.channel("room"),
         ):
-            with pytest.raises(LocalProtocolError, match=r"already has a subscription to 'realtime:room'"):
-                async with client.channel("realtime:room"):
+            with pytest.raises(LocalProtocolError, match=r"already subscribed on this client with another"):
+                async with client.channel("realtime:room", presence=True):
                     pass  # pragma: no cover
             assert client.statistics().channels == 1
+            assert client.statistics().subscriptions == 1
 
 
 @VSNS

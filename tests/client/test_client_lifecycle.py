@@ -243,7 +243,8 @@ async def test_use_after_block_is_closed(autojump_clock: MockClock) -> None:
                 with pytest.raises(trio.ClosedResourceError):
                     sub.receive_nowait()
                 with pytest.raises(
-                    trio.ClosedResourceError, match=r"^subscription to 'realtime:room' was closed$"
+                    trio.ClosedResourceError,
+                    match=r"^subscription to 'realtime:room' was used after its `async with` block exited$",
                 ):
                     await sub.send_broadcast("x", {})
                 with pytest.raises(trio.ClosedResourceError):

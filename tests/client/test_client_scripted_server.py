@@ -20,7 +20,7 @@ from trio_realtime import (
     SubscriptionClosed,
     open_realtime,
 )
-from trio_realtime.protocol import ChannelConfig, Message, serializer_for
+from trio_realtime.protocol import ChannelConfig, Message, PostgresChanges, serializer_for
 from trio_realtime.testing import MemoryTransport, RecordedFrame, ScriptedServer, open_scripted_server
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ async def test_raw_exchange_uses_official_reply_shapes(vsn: str, autojump_clock:
         async with open_scripted_server(vsn) as server:
             transport = await _client_end(server, vsn)
             binding = {"event": "INSERT", "schema": "public", "table": "todos"}
-            config = ChannelConfig(postgres_changes=(binding,))
+            config = ChannelConfig(postgres_changes=(PostgresChanges(event="INSERT", table="todos"),))
             for message in (
                 Message(topic="phoenix", event="heartbeat", ref="1"),
                 Message(
@@ -198,12 +198,12 @@ async def test_push_and_broadcast_reach_joined_connections(autojump_clock: MockC
             second.channel("room") as b,
             second.channel("elsewhere") as c,
         ):
-            change = {"data": {"type": "INSERT", "record": {"id": 1}}, "ids": [1]}
-            await server.push("room", "postgres_changes", change)
+            change = {"anything": [1, 2]}
+            await server.push("room", "custom_event", change)
             await server.broadcast("room", "blob", b"\x01\x02")
             for sub in (a, b):
                 assert await sub.receive() == ServerEvent(
-                    topic="realtime:room", event="postgres_changes", payload=change
+                    topic="realtime:room", event="custom_event", payload=change
                 )
                 assert await sub.receive() == Broadcast(
                     topic="realtime:room", event="blob", payload=b"\x01\x02"

@@ -26,6 +26,8 @@ from trio_realtime.protocol import (
     HeartbeatAcked,
     LocalProtocolError,
     Message,
+    PostgresChange,
+    PostgresChanges,
     PresenceConfig,
     PresenceJoin,
     PresenceLeave,
@@ -594,8 +596,8 @@ def test_malformed_reply_is_remote_error(conn: ClientConnection, server: FakeSer
 
 def test_unknown_event_is_server_event(conn: ClientConnection, server: FakeServer) -> None:
     join = joined(conn, server)
-    assert conn.receive(server.push(TOPIC, "postgres_changes", {"ids": [1]}, join.join_ref), 1.0) == [
-        ServerEvent(topic=TOPIC, event="postgres_changes", payload={"ids": [1]})
+    assert conn.receive(server.push(TOPIC, "custom_event", {"ids": [1]}, join.join_ref), 1.0) == [
+        ServerEvent(topic=TOPIC, event="custom_event", payload={"ids": [1]})
     ]
 
 
@@ -1023,3 +1025,84 @@ def test_fuzz_receive_total_and_atomic(fuzz_vsn: str, messages: list[Message], j
             assert _snapshot(conn) == before
         else:
             assert isinstance(events, list)
+
+
+# -- postgres_changes (§6.4, §6.5) -------------------------------------------------------------
+
+
+def _join_with_bindings(conn: ClientConnection, server: FakeServer, response: Any) -> list[Any]:
+    bindings = (
+        PostgresChanges(event="INSERT", schema="public", table="todos"),
+        PostgresChanges(event="*", schema="public", table="todos", filter="id=eq.1"),
+    )
+    conn.add_channel(TOPIC, bindings)
+    _, frame = conn.join(TOPIC, {"config": {}})
+    return conn.receive(server.reply(server.recv(frame), response=response), 1.0)
+
+
+SERVER_BINDINGS = {
+    "postgres_changes": [
+        {"event": "INSERT", "schema": "public", "table": "todos", "id": 11},
+        {"event": "*", "schema": "public", "table": "todos", "filter": "id=eq.1", "id": 22},
+    ]
+}
+
+
+def _change(ids: list[int], change_type: str = "INSERT") -> dict[str, Any]:
+    return {
+        "ids": ids,
+        "data": {
+            "schema": "public",
+            "table": "todos",
+            "commit_timestamp": "2024-01-01T12:00:00.123Z",
+            "type": change_type,
+            "columns": [{"name": "id", "type": "int4"}],
+            "record": {"id": 1},
+            "old_record": {"id": 1} if change_type != "INSERT" else None,
+            "errors": None,
+        },
+    }
+
+
+def test_postgres_change_routed_by_binding_ids_once(conn: ClientConnection, server: FakeServer) -> None:
+    [reply] = _join_with_bindings(conn, server, SERVER_BINDINGS)
+    assert reply.ok
+    assert conn.channels[TOPIC].binding_ids == (11, 22)
+    [change] = conn.receive(server.fanout(TOPIC, "postgres_changes", _change([11, 22])), 1.0)
+    assert change == PostgresChange(
+        topic=TOPIC,
+        type="INSERT",
+        schema="public",
+        table="todos",
+        commit_timestamp="2024-01-01T12:00:00.123Z",
+        columns=({"name": "id", "type": "int4"},),
+        record={"id": 1},
+        old_record={},
+        errors=(),
+        bindings=(0, 1),
+    )
+    assert change.new == {"id": 1}
+
+
+def test_postgres_change_event_type_filters_bindings(conn: ClientConnection, server: FakeServer) -> None:
+    _join_with_bindings(conn, server, SERVER_BINDINGS)
+    # An UPDATE listing both ids reaches only the "*" binding (the INSERT binding ignores it).
+    [change] = conn.receive(server.fanout(TOPIC, "postgres_changes", _change([11, 22], "UPDATE")), 1.0)
+    assert change.bindings == (1,)
+    assert change.old == {"id": 1}
+    # Ids of other channels' bindings match nothing here.
+    assert conn.receive(server.fanout(TOPIC, "postgres_changes", _change([99])), 1.0) == []
+
+
+def test_postgres_binding_mismatch_fails_the_join(conn: ClientConnection, server: FakeServer) -> None:
+    wrong = {"postgres_changes": [{"event": "DELETE", "schema": "public", "table": "todos", "id": 11}]}
+    [reply] = _join_with_bindings(conn, server, wrong)
+    assert not reply.ok
+    assert reply.response["reason"].startswith("mismatch between server and client bindings")
+    assert conn.channels[TOPIC].state is S.ERRORED
+
+
+def test_malformed_postgres_change_is_a_remote_error(conn: ClientConnection, server: FakeServer) -> None:
+    _join_with_bindings(conn, server, SERVER_BINDINGS)
+    with pytest.raises(RemoteProtocolError, match="has no 'data' object"):
+        conn.receive(server.fanout(TOPIC, "postgres_changes", {"ids": [11]}), 1.0)

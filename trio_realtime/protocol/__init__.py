@@ -20,6 +20,7 @@ from ._events import (
     ConnectionEvent as ConnectionEvent,
     Dropped as Dropped,
     HeartbeatAcked as HeartbeatAcked,
+    PostgresChange as PostgresChange,
     PresenceJoin as PresenceJoin,
     PresenceLeave as PresenceLeave,
     PresenceSync as PresenceSync,
@@ -33,6 +34,7 @@ from ._heartbeat import HeartbeatTimer as HeartbeatTimer
 from ._join import (
     BroadcastConfig as BroadcastConfig,
     ChannelConfig as ChannelConfig,
+    PostgresChanges as PostgresChanges,
     PresenceConfig as PresenceConfig,
     topic_for as topic_for,
 )

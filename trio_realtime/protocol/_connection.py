@@ -35,6 +35,7 @@ from ._events import (
     ChannelErrored,
     ConnectionEvent,
     HeartbeatAcked,
+    PostgresChange,
     RealtimeEvent,
     Reply,
     ServerEvent,
@@ -46,6 +47,8 @@ from ._presence import PresenceTracker
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from ._join import PostgresChanges
 
 __all__ = ["ChannelCore", "ClientConnection", "Event"]
 
@@ -66,6 +69,10 @@ class ChannelCore:
     presence: PresenceTracker = attrs.field(init=False)
     #: Set once the first join succeeded (later joins are rejoins).
     joined_once: bool = False
+    #: The channel's postgres_changes bindings, in the order sent in the join.
+    bindings: tuple[PostgresChanges, ...] = ()
+    #: The server's id for each binding, from the last successful join reply.
+    binding_ids: tuple[int | None, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         self.presence = PresenceTracker(self.topic)
@@ -137,10 +144,10 @@ class ClientConnection:
 
     # -- channels --------------------------------------------------------------------------
 
-    def add_channel(self, topic: str) -> ChannelCore:
+    def add_channel(self, topic: str, bindings: tuple[PostgresChanges, ...] = ()) -> ChannelCore:
         if topic in self.channels:
             raise LocalProtocolError(f"channel {topic!r} already exists on this connection")
-        ch = self.channels[topic] = ChannelCore(topic)
+        ch = self.channels[topic] = ChannelCore(topic, bindings=bindings)
         return ch
 
     def remove_channel(self, topic: str) -> None:
@@ -272,6 +279,8 @@ class ClientConnection:
             return list(ch.presence.on_diff(payload, ch.join_ref))
         if event == "system":
             return [self._on_system(ch, payload)]
+        if event == "postgres_changes":
+            return _postgres_change(ch, payload)
         if event == "phx_close":
             return self._on_close(ch)
         if event == "phx_error":
@@ -336,6 +345,18 @@ class ClientConnection:
             return [reply]
         if event == "phx_join" and msg.ref == ch.join_ref and ch.state is _S.JOINING:
             if status == "ok":
+                mismatch = _assign_binding_ids(ch, response)
+                if mismatch is not None:
+                    # The server did not accept the bindings we asked for (js: CHANNEL_ERROR).
+                    ch._to("join_error")
+                    reply = Reply(
+                        ref=msg.ref,
+                        topic=topic,
+                        event=event,
+                        status="error",
+                        response={"reason": mismatch, "server_response": response},
+                    )
+                    return [reply]
                 ch._to("join_ok")
                 ch.joined_once = True
             else:
@@ -343,3 +364,63 @@ class ClientConnection:
         elif event == "phx_leave" and ch.state is _S.LEAVING:
             ch._to("close")
         return [reply]
+
+
+def _assign_binding_ids(ch: ChannelCore, response: Any) -> str | None:
+    """Match the join reply's bindings to ours by position (§6.5); None if they agree."""
+    if not ch.bindings:
+        ch.binding_ids = ()
+        return None
+    server = response.get("postgres_changes") if isinstance(response, dict) else None
+    if not isinstance(server, list) or len(server) < len(ch.bindings):
+        return (
+            "mismatch between server and client bindings for postgres changes: the server "
+            f"acknowledged {len(server) if isinstance(server, list) else 0} of {len(ch.bindings)}"
+        )
+    ids: list[int | None] = []
+    for index, (mine, theirs) in enumerate(zip(ch.bindings, server, strict=False)):
+        if not mine.matches_server(theirs):
+            return (
+                f"mismatch between server and client bindings for postgres changes: binding {index} "
+                f"is {mine.to_json()!r}, the server has {theirs!r}"
+            )
+        bid = theirs.get("id")
+        ids.append(bid if isinstance(bid, int) and not isinstance(bid, bool) else None)
+    ch.binding_ids = tuple(ids)
+    return None
+
+
+def _postgres_change(ch: ChannelCore, payload: Any) -> list[Event]:
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), dict):
+        raise RemoteProtocolError(f"postgres_changes on {ch.topic!r} has no 'data' object")
+    data = payload["data"]
+    ids = payload.get("ids")
+    change_type = str(data.get("type", "")).upper()
+    id_set = set(ids) if isinstance(ids, list) else set()
+    matched = tuple(
+        index
+        for index, (binding, bid) in enumerate(zip(ch.bindings, ch.binding_ids, strict=False))
+        if bid is not None and bid in id_set and binding.event in ("*", change_type)
+    )
+    if not matched:
+        return []
+    columns = data.get("columns")
+    record = data.get("record")
+    old_record = data.get("old_record")
+    errors = data.get("errors")
+    return [
+        PostgresChange(
+            topic=ch.topic,
+            type=change_type,
+            schema=str(data.get("schema", "")),
+            table=str(data.get("table", "")),
+            commit_timestamp=data.get("commit_timestamp")
+            if isinstance(data.get("commit_timestamp"), str)
+            else None,
+            columns=tuple(c for c in columns if isinstance(c, dict)) if isinstance(columns, list) else (),
+            record=record if isinstance(record, dict) else {},
+            old_record=old_record if isinstance(old_record, dict) else {},
+            errors=tuple(str(e) for e in errors) if isinstance(errors, list) else (),
+            bindings=matched,
+        )
+    ]

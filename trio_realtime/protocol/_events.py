@@ -21,6 +21,7 @@ __all__ = [
     "HeartbeatAcked",
     "PresenceJoin",
     "PresenceLeave",
+    "PostgresChange",
     "PresenceSync",
     "RealtimeEvent",
     "Rejoined",
@@ -111,6 +112,48 @@ class SystemMessage:
 
 
 @attrs.frozen(kw_only=True)
+class PostgresChange:
+    """A row change from PostgreSQL (postgres_changes, PROTOCOL.md §6.4).
+
+    One event per change and channel, however many of the channel's bindings matched: their
+    positions in the ``postgres_changes`` list you passed are in ``bindings``.
+
+    Attributes:
+        topic: the channel topic.
+        type: ``"INSERT"``, ``"UPDATE"`` or ``"DELETE"``.
+        schema, table: where the row lives.
+        commit_timestamp: the commit time as the server sent it (ISO 8601, UTC).
+        columns: ``({"name": ..., "type": ...}, ...)`` in table order.
+        record: the new row (INSERT, UPDATE), else ``{}``.
+        old_record: the old row (UPDATE, DELETE): the primary key only unless the table has
+            ``REPLICA IDENTITY FULL``; else ``{}``.
+        errors: the server's errors for this change (e.g. ``["Error 413: Payload Too Large"]``).
+        bindings: indexes of the matching bindings in the channel's ``postgres_changes``.
+    """
+
+    topic: str
+    type: str
+    schema: str
+    table: str
+    commit_timestamp: str | None
+    columns: tuple[Mapping[str, Any], ...]
+    record: Mapping[str, Any]
+    old_record: Mapping[str, Any]
+    errors: tuple[str, ...] = ()
+    bindings: tuple[int, ...] = ()
+
+    @property
+    def new(self) -> Mapping[str, Any]:
+        """The new row (realtime-js's name for ``record``)."""
+        return self.record
+
+    @property
+    def old(self) -> Mapping[str, Any]:
+        """The old row (realtime-js's name for ``old_record``)."""
+        return self.old_record
+
+
+@attrs.frozen(kw_only=True)
 class ServerEvent:
     """A server push with an event name this library has no class for (delivered, not lost)."""
 
@@ -157,6 +200,7 @@ class Dropped:
 
 RealtimeEvent: TypeAlias = (
     Broadcast
+    | PostgresChange
     | PresenceSync
     | PresenceJoin
     | PresenceLeave

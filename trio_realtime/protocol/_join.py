@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
-__all__ = ["BroadcastConfig", "ChannelConfig", "PresenceConfig", "topic_for"]
+from .._errors import LocalProtocolError
+
+__all__ = ["BroadcastConfig", "ChannelConfig", "PostgresChanges", "PresenceConfig", "topic_for"]
+
+#: The change events a binding can ask for.
+ChangeEvent = Literal["*", "INSERT", "UPDATE", "DELETE"]
+_CHANGE_EVENTS = ("*", "INSERT", "UPDATE", "DELETE")
 
 
 def topic_for(name: str) -> str:
@@ -46,6 +52,69 @@ class PresenceConfig:
         return {"key": self.key, "enabled": self.enabled}
 
 
+def _filter_text(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()  # a Filter renders as its wire string
+    if not text:
+        return None
+    from ._filters import FilterError, parse_filter
+
+    try:
+        parse_filter(text)
+    except FilterError as exc:
+        raise LocalProtocolError(f"invalid postgres_changes filter {text!r}: {exc}") from None
+    return text
+
+
+def _event(value: str) -> str:
+    upper = value.upper()
+    if upper not in _CHANGE_EVENTS:
+        raise LocalProtocolError(
+            f"postgres_changes event must be one of {', '.join(_CHANGE_EVENTS)}, got {value!r}"
+        )
+    return upper
+
+
+@attrs.frozen(kw_only=True)
+class PostgresChanges:
+    """One postgres_changes binding: which row changes this channel receives.
+
+    Attributes:
+        event: ``"INSERT"``, ``"UPDATE"``, ``"DELETE"`` or ``"*"`` (all three).
+        schema: the schema (``"*"`` for all).
+        table: the table (None or ``"*"`` for every table of the schema).
+        filter: a :class:`Filter` or its wire string (``"id=eq.1"``); validated here, so an
+            impossible filter fails before anything is sent.
+    """
+
+    event: str = attrs.field(default="*", converter=_event)
+    schema: str = "public"
+    table: str | None = None
+    filter: str | None = attrs.field(default=None, converter=_filter_text)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"event": self.event, "schema": self.schema}
+        if self.table is not None:
+            out["table"] = self.table
+        if self.filter is not None:
+            out["filter"] = self.filter
+        return out
+
+    def matches_server(self, server: Any) -> bool:
+        """Whether the server's echo of a binding (join reply) is this binding (§6.5)."""
+        if not isinstance(server, dict):
+            return False
+        mine = self.to_json()
+        for key in ("event", "schema", "table", "filter"):
+            theirs = server.get(key)
+            if key == "event" and isinstance(theirs, str):
+                theirs = theirs.upper()
+            if mine.get(key) != theirs:
+                return False
+        return True
+
+
 @attrs.frozen(kw_only=True)
 class ChannelConfig:
     """Everything the server needs to join a channel; immutable, so every rejoin is identical."""
@@ -53,7 +122,7 @@ class ChannelConfig:
     broadcast: BroadcastConfig = BroadcastConfig()
     presence: PresenceConfig = PresenceConfig(enabled=False)
     private: bool = False
-    postgres_changes: tuple[dict[str, Any], ...] = ()
+    postgres_changes: tuple[PostgresChanges, ...] = ()
 
     def join_payload(self, access_token: str | None) -> dict[str, Any]:
         """The ``phx_join`` payload, with the token fetched for this (re)join."""
@@ -61,7 +130,7 @@ class ChannelConfig:
             "config": {
                 "broadcast": self.broadcast.to_json(),
                 "presence": self.presence.to_json(),
-                "postgres_changes": [dict(b) for b in self.postgres_changes],
+                "postgres_changes": [b.to_json() for b in self.postgres_changes],
                 "private": self.private,
             }
         }

@@ -48,6 +48,7 @@ from .protocol import (
     PresenceSync as PresenceSync,
     RealtimeEvent as RealtimeEvent,
     Rejoined as Rejoined,
+    ReplayConfig as ReplayConfig,
     ServerEvent as ServerEvent,
     SystemMessage as SystemMessage,
 )

@@ -54,6 +54,7 @@ from ._subscription import Subscription, _Channel, _Outgoing
 from ._transport import Transport, connect_websocket
 from ._util import NoPublicConstructor
 from .protocol import (
+    Broadcast,
     BroadcastConfig,
     ChannelClosed,
     ChannelConfig,
@@ -658,15 +659,27 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                                 # Here, not in the rejoin task: events of the new join may
                                 # follow in this same batch and must come after Rejoined.
                                 rejoined.errored = False
-                                rejoined.deliver(Rejoined(topic=rejoined.topic, recovered=False))
+                                rejoined.deliver(
+                                    Rejoined(topic=rejoined.topic, recovered=_recovered(rejoined, event))
+                                )
                     elif isinstance(event, HeartbeatAcked):
                         continue
                     elif isinstance(event, ChannelClosed):
                         ch = channels.get(event.topic)
-                        if ch is not None and not ch.closing:
-                            log.warning("server closed %s: %s", event.topic, event.reason)
-                            ch.end(event.reason)
-                            self._detach(ch)
+                        if ch is None or ch.closing:
+                            continue
+                        if self._can_refresh(ch, event.reason):
+                            # An expired or refused token: fetch a fresh one and rejoin.
+                            log.warning(
+                                "server closed %s (%s); rejoining with a fresh token", ch.topic, event.reason
+                            )
+                            self._conn.reopen_channel(ch.topic)
+                            self._channel_errored(ch, ChannelErrored(topic=ch.topic, reason=event.reason))
+                            nursery.start_soon(self._rejoin, ch)
+                            continue
+                        log.warning("server closed %s: %s", event.topic, event.reason)
+                        ch.end(event.reason)
+                        self._detach(ch)
                     else:
                         target = channels.get(event.topic)
                         if target is None:
@@ -678,7 +691,22 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                         else:
                             if isinstance(event, SystemMessage) and event.extension == "postgres_changes":
                                 target.postgres_result(event)
+                            elif isinstance(event, Broadcast) and target.config.broadcast.replay is not None:
+                                message_id = event.id
+                                if message_id is not None and not target.first_delivery_of(
+                                    message_id, self._config.replay_memory
+                                ):
+                                    continue
+                                target.last_delivery = self._config.wall_clock()
                             target.deliver(event)
+
+    def _can_refresh(self, ch: _Channel, reason: str) -> bool:
+        """Whether a server close of ``ch`` is repaired by rejoining with a fresh token."""
+        return (
+            ch.core.joined_once
+            and callable(self._token_source)
+            and any(marker in reason for marker in _TOKEN_CLOSE_MARKERS)
+        )
 
     def _channel_errored(self, ch: _Channel, event: ChannelErrored) -> None:
         """``ch`` lost its server-side join: tell the subscriber, who will see Rejoined next.
@@ -744,7 +772,9 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         if self._transport is None:
             raise ConnectionLost("not connected")
         ch.postgres_status = None  # this join's database subscription result is still to come
-        ref, frame = self._conn.join(ch.topic, ch.config.join_payload(token))
+        ref, frame = self._conn.join(
+            ch.topic, ch.config.join_payload(token, replay_since=self._replay_since(ch))
+        )
         waiter = self._waiters[ref] = _Waiter()
         try:
             await self._send_frame(frame)
@@ -755,6 +785,24 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         finally:
             self._waiters.pop(ref, None)
             self._conn.forget(ref)
+
+    def _replay_since(self, ch: _Channel) -> int | None:
+        """The replay ``since`` (Unix ms) for the next join of ``ch``, or None for no replay.
+
+        First join: the configured ``since``, else "from now". Rejoins: from the last
+        broadcast delivered, minus ``replay_margin`` for clock skew (duplicates are dropped).
+        """
+        replay = ch.config.broadcast.replay
+        if replay is None:
+            return None
+        now = self._config.wall_clock()
+        if not ch.core.joined_once:
+            if ch.last_delivery is None:
+                ch.last_delivery = now
+            if replay.since is not None:
+                return replay.since
+        base = now if ch.last_delivery is None else ch.last_delivery
+        return int((base - self._config.replay_margin) * 1000)
 
     async def _first_join(self, ch: _Channel) -> None:
         while True:
@@ -955,6 +1003,28 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             body = {"type": "presence", "event": "track", "payload": meta}
         await self._push(ch, "presence", body, want_reply=True)
         ch.tracked_meta = meta
+
+
+#: Fragments of the official server's system messages that close a channel over its token
+#: (PROTOCOL.md §3.7): a fresh token from the callable repairs them.
+_TOKEN_CLOSE_MARKERS = ("Token has expired", "JWT", "not a valid JWT", "`role` and `exp`")
+
+
+def _recovered(ch: _Channel, reply: Reply) -> bool:
+    """Whether a rejoin provably missed nothing (SPEC X1).
+
+    Only with replay on a private channel without postgres_changes (which cannot be
+    replayed), and only if the server said its replay was complete: the reference server adds
+    ``"replay": {"count": n, "complete": true}`` to the join reply (the official server says
+    nothing, so against it this is always False: refetch).
+    """
+    if ch.config.broadcast.replay is None or not ch.config.private or ch.config.postgres_changes:
+        return False
+    response = reply.response
+    if not isinstance(response, dict):
+        return False
+    replay = response.get("replay")
+    return isinstance(replay, dict) and replay.get("complete") is True
 
 
 def _reason(response: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from typing import TYPE_CHECKING, Literal
 
 import attrs
@@ -11,7 +12,7 @@ from ._errors import LocalProtocolError
 from .protocol import SUPPORTED_VSNS, BackoffPolicy, RandomSource
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 __all__ = ["OverflowPolicy", "RealtimeConfig"]
 
@@ -67,6 +68,11 @@ class RealtimeConfig:
             ``idle_disconnect_delay`` seconds after the last one left (reopening on demand);
             for apps whose realtime features come and go.
         idle_disconnect_delay: lazy mode's grace period before closing an unused socket.
+        replay_margin: seconds subtracted from the last delivery time when a rejoin asks for a
+            replay, to cover clock skew between client and server (duplicates are dropped by
+            message id, so a generous margin costs only bandwidth).
+        replay_memory: message ids remembered per replay channel to drop duplicates.
+        wall_clock: Unix time source for replay ``since`` values (injectable for tests).
     """
 
     vsn: str = attrs.field(default="2.0.0", validator=_check_vsn)
@@ -87,3 +93,6 @@ class RealtimeConfig:
     rng: RandomSource = attrs.field(factory=random.Random, eq=False, repr=False)
     connect: Literal["eager", "lazy"] = "eager"
     idle_disconnect_delay: float = attrs.field(default=1.0, validator=_check_positive)
+    replay_margin: float = 5.0
+    replay_memory: int = 10_000
+    wall_clock: Callable[[], float] = attrs.field(default=time.time, eq=False, repr=False)

@@ -145,6 +145,22 @@ class _Channel:
     #: The last postgres_changes subscription result (``system`` message) and its signal.
     postgres_status: SystemMessage | None = None
     postgres_changed: trio.Event = attrs.field(factory=trio.Event)
+    #: Replay bookkeeping: ids already delivered (oldest first, bounded) and the Unix time of
+    #: the last broadcast delivered (or of the first join, before any).
+    seen_ids: dict[str, None] = attrs.field(factory=dict)
+    last_delivery: float | None = None
+    #: Broadcasts dropped as duplicates of ones already delivered (replay overlap).
+    duplicates: int = 0
+
+    def first_delivery_of(self, message_id: str, memory: int) -> bool:
+        """Remember ``message_id``; False if it was delivered before (a replayed duplicate)."""
+        if message_id in self.seen_ids:
+            self.duplicates += 1
+            return False
+        self.seen_ids[message_id] = None
+        if len(self.seen_ids) > memory:
+            del self.seen_ids[next(iter(self.seen_ids))]
+        return True
 
     def postgres_result(self, message: SystemMessage) -> None:
         """The server reported the database subscription's result. Reader task only."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 S = ChannelState
-TRIGGERS = ("join", "join_ok", "join_error", "timeout", "error", "leave", "close")
+TRIGGERS = ("join", "join_ok", "join_error", "timeout", "error", "leave", "close", "reopen")
 TOPIC = "realtime:room"
 
 EXPECTED: dict[tuple[ChannelState, str], ChannelState] = {
@@ -41,6 +41,7 @@ EXPECTED: dict[tuple[ChannelState, str], ChannelState] = {
     (S.ERRORED, "leave"): S.LEAVING,
     (S.ERRORED, "error"): S.ERRORED,
     (S.ERRORED, "close"): S.CLOSED,
+    (S.CLOSED, "reopen"): S.ERRORED,
 }
 
 ALL_PAIRS = list(itertools.product(S, TRIGGERS))
@@ -55,8 +56,8 @@ def test_table_is_exactly_the_documented_one() -> None:
 def test_every_trigger_and_state_is_covered() -> None:
     assert {t for _, t in EXPECTED} == set(TRIGGERS)
     assert {s for s, _ in EXPECTED} == set(S)
-    assert len(LEGAL) == 17
-    assert len(ILLEGAL) == len(S) * len(TRIGGERS) - 17
+    assert len(LEGAL) == 18
+    assert len(ILLEGAL) == len(S) * len(TRIGGERS) - 18
 
 
 def test_close_is_legal_from_every_state_but_closed() -> None:

@@ -36,6 +36,7 @@ from ._join import (
     ChannelConfig as ChannelConfig,
     PostgresChanges as PostgresChanges,
     PresenceConfig as PresenceConfig,
+    ReplayConfig as ReplayConfig,
     topic_for as topic_for,
 )
 from ._messages import (

@@ -14,7 +14,9 @@ surfaces at the transition that went wrong rather than as a confused server.
                         +--join_error/------+--error-----------|---> ERRORED --join--> JOINING
                            timeout/error                       |
     (close is legal from every state but CLOSED: the server or the user ended it;
-     leave is legal from ERRORED too, to undo a join whose reply never came)
+     leave is legal from ERRORED too, to undo a join whose reply never came;
+     reopen takes a server-closed channel back to ERRORED when the client can repair the
+     cause, e.g. an expired token)
 
 ``ERRORED`` means "should be joined, is not": the driver rejoins it after a backoff. ``close``
 from ``JOINING``/``JOINED``/``ERRORED`` is the server's ``phx_close`` or a fatal rejection.
@@ -45,7 +47,7 @@ class ChannelState(enum.Enum):
     ERRORED = "errored"
 
 
-Trigger = Literal["join", "join_ok", "join_error", "timeout", "error", "leave", "close"]
+Trigger = Literal["join", "join_ok", "join_error", "timeout", "error", "leave", "close", "reopen"]
 
 _S = ChannelState
 TRANSITIONS: Final[dict[tuple[ChannelState, str], ChannelState]] = {
@@ -68,6 +70,9 @@ TRANSITIONS: Final[dict[tuple[ChannelState, str], ChannelState]] = {
     # A connection lost while leaving leaves nothing to leave on the server.
     (_S.LEAVING, "error"): _S.CLOSED,
     (_S.LEAVING, "timeout"): _S.CLOSED,
+    # The server closed the channel for a reason the client can repair (an expired token:
+    # fetch a fresh one and rejoin), so it should be joined again.
+    (_S.CLOSED, "reopen"): _S.ERRORED,
 }
 
 

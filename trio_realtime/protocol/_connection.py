@@ -199,6 +199,10 @@ class ClientConnection:
             Message(join_ref=ch.join_ref, ref=ref, topic=topic, event="phx_leave", payload={})
         )
 
+    def reopen_channel(self, topic: str) -> None:
+        """A channel the server closed is to be rejoined (e.g. after refreshing the token)."""
+        self._channel(topic)._to("reopen")
+
     def close_channel(self, topic: str) -> None:
         """Mark the channel CLOSED locally (a fatal rejection, a finished leave, a give-up)."""
         ch = self._channel(topic)

@@ -8,7 +8,14 @@ import attrs
 
 from .._errors import LocalProtocolError
 
-__all__ = ["BroadcastConfig", "ChannelConfig", "PostgresChanges", "PresenceConfig", "topic_for"]
+__all__ = [
+    "BroadcastConfig",
+    "ChannelConfig",
+    "PostgresChanges",
+    "PresenceConfig",
+    "ReplayConfig",
+    "topic_for",
+]
 
 #: The change events a binding can ask for.
 ChangeEvent = Literal["*", "INSERT", "UPDATE", "DELETE"]
@@ -21,19 +28,44 @@ def topic_for(name: str) -> str:
 
 
 @attrs.frozen(kw_only=True)
+class ReplayConfig:
+    """Ask the server to replay broadcasts (private channels only, PROTOCOL.md §4.7).
+
+    Attributes:
+        since: on the first join, replay messages stored since this Unix time in milliseconds
+            (None: from the moment of joining). Every rejoin asks for the messages since the
+            last one this client delivered, whatever this says.
+        limit: the most messages one join may replay (the official server clamps to 1..25).
+    """
+
+    since: int | None = None
+    limit: int = 25
+
+    def __attrs_post_init__(self) -> None:
+        if self.limit < 1:
+            raise LocalProtocolError(f"ReplayConfig.limit must be >= 1, got {self.limit}")
+
+
+@attrs.frozen(kw_only=True)
 class BroadcastConfig:
     """Broadcast options of a channel.
 
     Attributes:
         ack: the server acknowledges each broadcast push; ``send_broadcast`` then waits for it.
         receive_own: deliver my own broadcasts back to me (the wire's ``self`` flag).
+        replay: replay stored broadcasts on join and rejoin (private channels), so a
+            reconnect loses nothing the server kept; see :class:`ReplayConfig`.
     """
 
     ack: bool = False
     receive_own: bool = False
+    replay: ReplayConfig | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"ack": self.ack, "self": self.receive_own}
+    def to_json(self, replay_since: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"ack": self.ack, "self": self.receive_own}
+        if self.replay is not None and replay_since is not None:
+            out["replay"] = {"since": replay_since, "limit": self.replay.limit}
+        return out
 
 
 @attrs.frozen(kw_only=True)
@@ -124,11 +156,14 @@ class ChannelConfig:
     private: bool = False
     postgres_changes: tuple[PostgresChanges, ...] = ()
 
-    def join_payload(self, access_token: str | None) -> dict[str, Any]:
-        """The ``phx_join`` payload, with the token fetched for this (re)join."""
+    def join_payload(self, access_token: str | None, *, replay_since: int | None = None) -> dict[str, Any]:
+        """The ``phx_join`` payload, with the token fetched for this (re)join.
+
+        ``replay_since`` (Unix ms) asks for a replay when ``broadcast.replay`` is set.
+        """
         payload: dict[str, Any] = {
             "config": {
-                "broadcast": self.broadcast.to_json(),
+                "broadcast": self.broadcast.to_json(replay_since),
                 "presence": self.presence.to_json(),
                 "postgres_changes": [b.to_json() for b in self.postgres_changes],
                 "private": self.private,

@@ -40,6 +40,7 @@ from .protocol import (
     ChannelErrored as ChannelErrored,
     ChannelState as ChannelState,
     Dropped as Dropped,
+    Filter as Filter,
     PostgresChange as PostgresChange,
     PostgresChanges as PostgresChanges,
     PresenceConfig as PresenceConfig,

@@ -30,6 +30,17 @@ from ._events import (
     ServerEvent as ServerEvent,
     SystemMessage as SystemMessage,
 )
+from ._filters import (
+    FILTER_OPERATORS as FILTER_OPERATORS,
+    MAX_IN_VALUES as MAX_IN_VALUES,
+    Condition as Condition,
+    Filter as Filter,
+    FilterError as FilterError,
+    check_columns as check_columns,
+    evaluate_filter as evaluate_filter,
+    parse_filter as parse_filter,
+    validate_filter as validate_filter,
+)
 from ._heartbeat import HeartbeatTimer as HeartbeatTimer
 from ._join import (
     BroadcastConfig as BroadcastConfig,

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, final
 
 import attrs
 
@@ -117,6 +117,7 @@ def _raise_exception(message: str) -> FilterError:
     return FilterError(message, "P0001")
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Condition:
     """One ``column=[not.]op.value`` condition; a filter is the AND of its conditions.
@@ -1065,6 +1066,7 @@ def _render(cond: Condition) -> str:
     return prefix + _wire_value(str(cond.value))
 
 
+@final
 @attrs.frozen
 class Filter:
     """A ``postgres_changes`` filter, built from typed parts; ``str(f)`` is the wire string.

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import attrs
 
 from .._errors import LocalProtocolError
+from ._filters import FilterError, parse_filter
 
 __all__ = [
     "BroadcastConfig",
@@ -90,8 +91,6 @@ def _filter_text(value: object) -> str | None:
     text = str(value).strip()  # a Filter renders as its wire string
     if not text:
         return None
-    from ._filters import FilterError, parse_filter
-
     try:
         parse_filter(text)
     except FilterError as exc:

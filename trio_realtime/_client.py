@@ -267,7 +267,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
     async def watch_state(
         self, buffer: int = 64
     ) -> AsyncIterator[trio.MemoryReceiveChannel[ConnectionState]]:
-        """Watch connection state changes: ``connecting``, ``connected``, ``reconnecting``, ``closed``.
+        """Watch connection state changes (see :class:`ConnectionState`).
 
         The channel yields the current state first, then every change. If you fall more than
         ``buffer`` changes behind, the newest changes are dropped (the ``state`` property stays
@@ -317,7 +317,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         Raises:
             JoinRejected: the server refused the join (its reason is in the message).
             JoinTimedOut: no reply within ``join_timeout``.
-            LocalProtocolError: this client already has a subscription on that topic.
+            LocalProtocolError: another subscription to that topic on this client asked for
+                another configuration (subscriptions to one topic share one join).
             trio.ClosedResourceError: the client is closed.
         """
         if self._closed:
@@ -780,11 +781,14 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             await self._send_frame(frame)
             with trio.move_on_after(self._config.join_timeout):
                 return await waiter.wait()
-            self._conn.join_timed_out(ch.topic)
             raise JoinTimedOut(ch.topic, self._config.join_timeout)
         finally:
             self._waiters.pop(ref, None)
             self._conn.forget(ref)
+            if ch.core.state is ChannelState.JOINING and ch.core.join_ref == ref:
+                # No reply (timed out, or this task was cancelled): the join is void. ERRORED
+                # lets the next attempt join again, and a leave undo a late server-side join.
+                self._conn.join_timed_out(ch.topic)
 
     def _replay_since(self, ch: _Channel) -> int | None:
         """The replay ``since`` (Unix ms) for the next join of ``ch``, or None for no replay.

@@ -175,3 +175,34 @@ async def test_follow_visibility_from_an_async_source(autojump_clock: MockClock)
                 await send.aclose()
             await client.wait_connected()
             assert len(server.connect_times) == 2
+
+
+async def test_cancelled_first_join_hands_over_to_the_next_subscriber(autojump_clock: MockClock) -> None:
+    """Regression: the first subscriber is cancelled while its join is unanswered; a second
+    subscriber waiting for that join must join by itself (it used to find the channel stuck
+    in JOINING and fail with LocalProtocolError)."""
+    with trio.fail_after(30):
+        async with open_scripted_server() as server, open_client(server) as client:
+            server.hold_replies("phx_join")
+            entered = trio.Event()
+            async with trio.open_nursery() as nursery:
+                first_scope = trio.CancelScope()
+
+                async def first() -> None:
+                    with first_scope:
+                        async with client.channel("room"):
+                            pass  # pragma: no cover
+
+                async def second() -> None:
+                    async with client.channel("room"):
+                        entered.set()
+
+                nursery.start_soon(first)
+                await wait_all_tasks_blocked()
+                nursery.start_soon(second)
+                await wait_all_tasks_blocked()
+                first_scope.cancel()
+                await wait_all_tasks_blocked()
+                server.release_replies("phx_join")
+            assert entered.is_set()
+            assert [m.event for m in server.messages(topic="room")][-1] == "phx_leave"

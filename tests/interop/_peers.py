@@ -84,7 +84,7 @@ def matches(type_: str, /, **fields: Any) -> Callable[[Event], bool]:
 def _bootstrap_hint(problem: str) -> PeerSetupError:
     return PeerSetupError(
         f"{problem}. The interop tests need the official clients installed: "
-        f"run `scripts/bootstrap` from {REPO_ROOT} (it installs the PyPI `realtime` package "
+        f"run `bash scripts/bootstrap` from {REPO_ROOT} (it installs the PyPI `realtime` package "
         f"into .venv and runs `npm ci` in tests/interop/js)."
     )
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: Longest command line accepted on stdin, in bytes.
+STDIN_LINE_LIMIT = 16 * 1024 * 1024
 
 
 def emit(obj: Mapping[str, Any]) -> None:
@@ -266,7 +268,8 @@ class Peer:
 
 async def _stdin_reader() -> asyncio.StreamReader:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    # The default 64 KiB line limit would make a large "send" command fatal.
+    reader = asyncio.StreamReader(limit=STDIN_LINE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     return reader
 

@@ -25,6 +25,7 @@
 //   {"type":"broadcast","event":E,"payload":P,"binary_hex":<hex or null>,"raw":<callback arg>}
 //   {"type":"presence","event":"sync"|"join"|"leave","key":...,"newPresences"|"leftPresences":...}
 //   {"type":"system","payload":{...}}
+//   {"type":"heartbeat","status":"sent"|"ok"|"error"|"timeout"}   (the library's heartbeatCallback)
 //   {"type":"error","message":...}            a bad command; the peer keeps running
 //   {"type":"fatal","message":...}            followed by a non-zero exit
 //
@@ -199,6 +200,8 @@ const clientOptions = {
     }
     process.stderr.write(`[realtime-js ${kind}] ${msg}${rendered}\n`)
   },
+  // 'sent' when a heartbeat goes out, then 'ok'/'error' for its reply or 'timeout' if none came.
+  heartbeatCallback: (status) => emit({ type: 'heartbeat', status }),
 }
 if (opts.heartbeatMs !== null) clientOptions.heartbeatIntervalMs = opts.heartbeatMs
 if (opts.timeoutMs !== null) clientOptions.timeout = opts.timeoutMs

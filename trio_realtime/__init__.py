@@ -5,6 +5,19 @@ client is an ``async with open_realtime(...)`` block, a subscription is an
 ``async with client.channel(...)`` block, and nothing outlives its block.
 """
 
+from ._active import (
+    ActiveRouter as ActiveRouter,
+    ActiveRouterStatistics as ActiveRouterStatistics,
+    ActiveView as ActiveView,
+    BackgroundEvent as BackgroundEvent,
+    GroupOf as GroupOf,
+    InboxStatistics as InboxStatistics,
+    SqliteInbox as SqliteInbox,
+    StoredEvent as StoredEvent,
+    group_by_field as group_by_field,
+    open_active_router as open_active_router,
+    open_sqlite_inbox as open_sqlite_inbox,
+)
 from ._client import (
     ClientStatistics as ClientStatistics,
     RealtimeClient as RealtimeClient,

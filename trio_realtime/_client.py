@@ -40,7 +40,6 @@ from ._config import OverflowPolicy, RealtimeConfig
 from ._connection_state import ConnectionState
 from ._errors import (
     ConnectionLost,
-    InternalError,
     JoinRejected,
     JoinTimedOut,
     LocalProtocolError,
@@ -50,6 +49,7 @@ from ._errors import (
     SubscriptionClosed,
     TransportError,
 )
+from ._groups import collapse
 from ._subscription import Subscription, _Channel, _Outgoing
 from ._transport import Transport, connect_websocket
 from ._util import NoPublicConstructor
@@ -1088,29 +1088,5 @@ async def open_realtime(
                 client._closed = True
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _collapse(group) from None
+        raise collapse(group, "the realtime client") from None
 
-
-def _collapse(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real exception in ``group``, or the group itself if it holds only Cancelled.
-
-    More than one real exception means a background task failed unexpectedly alongside
-    another error: that is a bug, reported as InternalError with the group as its cause.
-    """
-    real: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for sub in exc.exceptions:
-                walk(sub)
-        elif not isinstance(exc, trio.Cancelled):
-            real.append(exc)
-
-    walk(group)
-    if not real:
-        return group
-    if len(real) == 1:
-        return real[0]
-    error = InternalError(f"{len(real)} errors escaped the realtime client; please report this bug")
-    error.__cause__ = group
-    return error

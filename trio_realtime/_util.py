@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABCMeta
 from typing import Any, TypeVar
 
-__all__ = ["NoPublicConstructor"]
+__all__ = ["NoPublicConstructor", "fix_module_names"]
 
 T = TypeVar("T")
 

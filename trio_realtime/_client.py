@@ -50,10 +50,13 @@ from ._errors import (
     TransportError,
 )
 from ._groups import collapse
+from ._seed002 import open_seed002_transport
 from ._subscription import Subscription, _Channel, _Outgoing
 from ._transport import Transport, connect_websocket
 from ._util import NoPublicConstructor
 from .protocol import (
+    SEED002_VSN,
+    Authenticated,
     Broadcast,
     BroadcastConfig,
     ChannelClosed,
@@ -62,12 +65,14 @@ from .protocol import (
     ChannelState,
     ClientConnection,
     HeartbeatAcked,
+    Message,
     PostgresChanges,
     PresenceConfig,
     PresenceSync,
     Rejoined,
     Reply,
     SystemMessage,
+    seed002_url,
     topic_for,
 )
 
@@ -149,6 +154,8 @@ class _Waiter:
 
 def _websocket_url(url: str, api_key: str | None, config: RealtimeConfig) -> str:
     """``ws://host/realtime/v1`` -> ``ws://host/realtime/v1/websocket?apikey=...&vsn=...``."""
+    if config.vsn == SEED002_VSN:
+        return seed002_url(url, config.params)  # as given: the token travels as a subprotocol
     parts = urlsplit(url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss"):
@@ -194,6 +201,19 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         if transport_factory is None:
 
             async def default_factory(full_url: str) -> Transport:
+                if config.vsn == SEED002_VSN:
+                    token = await self._fetch_token() or api_key
+                    if token is None:
+                        raise LocalProtocolError(
+                            "seed-002 sends a token when it connects: the access_token callable "
+                            "returned None and there is no api_key"
+                        )
+                    return await open_seed002_transport(
+                        full_url,
+                        token,
+                        receive_size=config.receive_size,
+                        max_message_size=config.max_message_size,
+                    )
                 return await connect_websocket(
                     full_url,
                     receive_size=config.receive_size,
@@ -222,6 +242,11 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         self._state = ConnectionState.CONNECTING
         self._state_watchers: list[trio.MemorySendChannel[ConnectionState]] = []
         self._connected_at: float | None = None
+        self._connection_id: str | None = None
+        if config.vsn == SEED002_VSN and api_key is None and access_token is None:
+            raise LocalProtocolError(
+                "RealtimeConfig(vsn='seed002') needs a token: pass access_token= or api_key="
+            )
         self._counters = dict.fromkeys(
             (
                 "connection_attempts",
@@ -248,6 +273,11 @@ class RealtimeClient(metaclass=NoPublicConstructor):
     def state(self) -> ConnectionState:
         """The connection state right now."""
         return self._state
+
+    @property
+    def connection_id(self) -> str | None:
+        """The server's id for the current connection (seed-002's ``auth_success``), else None."""
+        return self._connection_id
 
     async def wait_connected(self) -> None:
         """Wait until a connection is open (returns at once if it is). A checkpoint.
@@ -426,6 +456,19 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         if token is None:
             await trio.lowlevel.checkpoint()
             return
+        if self._config.vsn == SEED002_VSN:
+            # seed-002's auth is per connection: one frame, however many channels.
+            if self._transport is not None:
+                try:
+                    await self._send_frame(
+                        self._conn.serializer.encode(
+                            Message(topic="phoenix", event="access_token", payload={"access_token": token})
+                        )
+                    )
+                except ConnectionLost:
+                    pass  # the next connection offers the new token
+            await trio.lowlevel.checkpoint()
+            return
         for ch in list(self._channels.values()):
             if ch.core.state is ChannelState.JOINED and self._transport is not None:
                 try:
@@ -585,6 +628,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             self._connection_scope = None
             self._transport = None
             self._connected_at = None
+            self._connection_id = None
             self._connected = trio.Event()
             lost = ConnectionLost(reason)
             for waiter in self._waiters.values():
@@ -665,6 +709,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                                 )
                     elif isinstance(event, HeartbeatAcked):
                         continue
+                    elif isinstance(event, Authenticated):
+                        self._connection_id = event.connection_id
                     elif isinstance(event, ChannelClosed):
                         ch = channels.get(event.topic)
                         if ch is None or ch.closing:
@@ -955,12 +1001,12 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             raise trio.ClosedResourceError(f"subscription to {ch.topic!r} was closed")
         if ch.closed_reason is not None:
             raise SubscriptionClosed(ch.topic, ch.closed_reason)
-        if self._config.vsn == "1.0.0" and isinstance(payload, dict):
+        if self._config.vsn in ("1.0.0", SEED002_VSN) and isinstance(payload, dict):
             inner = payload.get("payload")
             if isinstance(inner, bytes | bytearray | memoryview):
                 raise LocalProtocolError(
-                    f"cannot send a binary payload on {ch.topic!r}: this client speaks vsn 1.0.0, "
-                    "which carries only JSON; use RealtimeConfig(vsn='2.0.0')"
+                    f"cannot send a binary payload on {ch.topic!r}: this client speaks vsn "
+                    f"{self._config.vsn}, which carries only JSON; use RealtimeConfig(vsn='2.0.0')"
                 )
         ref: str | None = None
         # Held here, not looked up after the send: the reader may resolve (and unregister) it
@@ -1001,6 +1047,11 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 self._conn.forget(ref)
 
     async def _track(self, ch: _Channel, meta: dict[str, Any] | None) -> None:
+        if self._config.vsn == SEED002_VSN:
+            raise LocalProtocolError(
+                f"cannot track presence on {ch.topic!r}: presence is not part of the seed-002 "
+                "protocol; use RealtimeConfig(vsn='2.0.0')"
+            )
         if meta is None:
             body: dict[str, Any] = {"type": "presence", "event": "untrack"}
         else:

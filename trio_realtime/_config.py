@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Literal
 import attrs
 
 from ._errors import LocalProtocolError
-from .protocol import SUPPORTED_VSNS, BackoffPolicy, RandomSource
+from .protocol import SEED002_VSN, SUPPORTED_VSNS, BackoffPolicy, RandomSource
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -21,8 +21,10 @@ OverflowPolicy = Literal["drop", "close"]
 
 
 def _check_vsn(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
-    if value not in SUPPORTED_VSNS:
-        raise LocalProtocolError(f"unsupported vsn {value!r}; use one of {', '.join(SUPPORTED_VSNS)}")
+    if value not in SUPPORTED_VSNS and value != SEED002_VSN:
+        raise LocalProtocolError(
+            f"unsupported vsn {value!r}; use one of {', '.join(SUPPORTED_VSNS)} or {SEED002_VSN}"
+        )
 
 
 def _check_positive(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -39,7 +41,10 @@ class RealtimeConfig:
 
     Attributes:
         vsn: wire protocol, "2.0.0" (default: JSON arrays plus binary broadcasts, what
-            realtime-js uses) or "1.0.0" (JSON objects; no binary payloads).
+            realtime-js uses), "1.0.0" (JSON objects; no binary payloads) or "seed002" (the
+            seed app's own JSON protocol, SPEC L7: the URL is used as given, the token travels
+            as the WebSocket subprotocols ``["jwt", token]``; no presence, postgres_changes,
+            private channels or binary payloads; see ``trio_realtime.protocol._seed002``).
         params: extra query parameters for the WebSocket URL (never logged).
         heartbeat_interval: seconds between heartbeats (25, as the official clients).
         heartbeat_timeout: seconds a heartbeat may go unanswered before the connection is

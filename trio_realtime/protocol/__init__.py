@@ -14,6 +14,7 @@ from ._backoff import BackoffPolicy as BackoffPolicy, RandomSource as RandomSour
 from ._channel_state import ChannelState as ChannelState, transition as transition
 from ._connection import ChannelCore as ChannelCore, ClientConnection as ClientConnection
 from ._events import (
+    Authenticated as Authenticated,
     Broadcast as Broadcast,
     ChannelClosed as ChannelClosed,
     ChannelErrored as ChannelErrored,
@@ -64,6 +65,12 @@ from ._presence import (
     sync_diff as sync_diff,
     sync_state as sync_state,
     transform as transform,
+)
+from ._seed002 import (
+    SEED002_VSN as SEED002_VSN,
+    Seed002Serializer as Seed002Serializer,
+    seed002_subprotocols as seed002_subprotocols,
+    seed002_url as seed002_url,
 )
 
 fix_module_names(globals(), __name__)

@@ -8,7 +8,8 @@ Theory of operation
   (``str`` text or ``bytes`` binary) and update the state. Nothing is sent by this module.
 * incoming: ``receive(frame, now)`` decodes one frame and returns the events it produced:
   subscription events (:data:`RealtimeEvent`, each carrying its ``topic``) and connection
-  events (:class:`Reply`, :class:`HeartbeatAcked`, :class:`ChannelClosed`). A malformed frame
+  events (:class:`Reply`, :class:`HeartbeatAcked`, :class:`ChannelClosed`,
+  :class:`Authenticated`). A malformed frame
   raises :class:`RemoteProtocolError` and changes nothing.
 * time: the driver passes ``now``; ``heartbeat.deadline()`` says when to call
   ``heartbeat_due(now)`` next.
@@ -30,6 +31,7 @@ import attrs
 from .._errors import LocalProtocolError, RemoteProtocolError
 from ._channel_state import ChannelState, Trigger, transition
 from ._events import (
+    Authenticated,
     Broadcast,
     ChannelClosed,
     ChannelErrored,
@@ -85,7 +87,8 @@ class ClientConnection:
     """Client protocol state for one WebSocket connection's worth of channels.
 
     Args:
-        vsn: "1.0.0" (JSON objects) or "2.0.0" (JSON arrays + binary broadcasts).
+        vsn: "1.0.0" (JSON objects), "2.0.0" (JSON arrays + binary broadcasts) or "seed002"
+            (the seed app's JSON protocol, :mod:`._seed002`).
         heartbeat_interval: seconds between heartbeats.
         heartbeat_timeout: seconds a heartbeat may go unanswered (default: the interval).
     """
@@ -249,6 +252,11 @@ class ClientConnection:
         msg = self.serializer.decode(data)
         if msg.event == "phx_reply":
             return self._on_reply(msg, now)
+        if msg.event == "auth_success" and msg.topic == "phoenix":
+            connection_id = msg.payload.get("connectionId") if isinstance(msg.payload, dict) else None
+            if not isinstance(connection_id, str):
+                raise RemoteProtocolError("auth_success without a string 'connectionId'")
+            return [Authenticated(connection_id=connection_id)]
         ch = self.channels.get(msg.topic)
         if ch is None:
             self.unroutable += 1

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias
 import attrs
 
 __all__ = [
+    "Authenticated",
     "Broadcast",
     "ChannelClosed",
     "ChannelErrored",
@@ -254,4 +255,12 @@ class ChannelClosed:
     reason: str
 
 
-ConnectionEvent: TypeAlias = Reply | HeartbeatAcked | ChannelClosed
+@attrs.frozen(kw_only=True)
+class Authenticated:
+    """The server accepted the connection's token and named the connection (seed-002's
+    ``auth_success``; Phoenix servers never send it)."""
+
+    connection_id: str
+
+
+ConnectionEvent: TypeAlias = Reply | HeartbeatAcked | ChannelClosed | Authenticated

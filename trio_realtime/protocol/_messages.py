@@ -240,7 +240,15 @@ class V2Serializer(Serializer):
 
 
 def serializer_for(vsn: str, role: Role) -> Serializer:
-    """The serializer for a ``vsn`` query value (Phoenix matches ``~> 1.0.0`` / ``~> 2.0.0``)."""
+    """The serializer for a ``vsn`` query value (Phoenix matches ``~> 1.0.0`` / ``~> 2.0.0``).
+
+    ``"seed002"`` gives a new :class:`~._seed002.Seed002Serializer`, which keeps
+    per-connection state: call this once per connection.
+    """
+    if vsn == "seed002":
+        from ._seed002 import Seed002Serializer  # here: _seed002 imports this module
+
+        return Seed002Serializer(role)
     if vsn.startswith("1.") or vsn == "1":
         return V1Serializer(role)
     if vsn.startswith("2.") or vsn == "2":

@@ -18,6 +18,11 @@ from ._active import (
     open_active_router as open_active_router,
     open_sqlite_inbox as open_sqlite_inbox,
 )
+from ._blocking import (
+    BlockingRealtimeClient as BlockingRealtimeClient,
+    BlockingSubscription as BlockingSubscription,
+    open_blocking_realtime as open_blocking_realtime,
+)
 from ._client import (
     ClientStatistics as ClientStatistics,
     RealtimeClient as RealtimeClient,
@@ -26,6 +31,21 @@ from ._client import (
 )
 from ._config import OverflowPolicy as OverflowPolicy, RealtimeConfig as RealtimeConfig
 from ._connection_state import ConnectionState as ConnectionState
+from ._debounce import (
+    BroadcastTarget as BroadcastTarget,
+    DebouncedSender as DebouncedSender,
+    DebouncedSenderStatistics as DebouncedSenderStatistics,
+    open_debounced_sender as open_debounced_sender,
+)
+from ._entities import (
+    ChannelKind as ChannelKind,
+    EntityChannel as EntityChannel,
+    EntityChannelInfo as EntityChannelInfo,
+    EntityChannels as EntityChannels,
+    EntityChannelsStatistics as EntityChannelsStatistics,
+    entity_channel_name as entity_channel_name,
+    open_entity_channels as open_entity_channels,
+)
 from ._errors import (
     ConnectionLost as ConnectionLost,
     HandshakeFailed as HandshakeFailed,

@@ -5,6 +5,11 @@ from ._memory import (
     MemoryTransport as MemoryTransport,
     memory_transport_pair as memory_transport_pair,
 )
+from ._proxy import (
+    FaultProxy as FaultProxy,
+    FaultProxyStatistics as FaultProxyStatistics,
+    open_fault_proxy as open_fault_proxy,
+)
 from ._scripted import (
     RecordedFrame as RecordedFrame,
     ScriptedServer as ScriptedServer,

@@ -40,6 +40,7 @@ from ._config import OverflowPolicy, RealtimeConfig
 from ._connection_state import ConnectionState
 from ._errors import (
     ConnectionLost,
+    HandshakeFailed,
     JoinRejected,
     JoinTimedOut,
     LocalProtocolError,
@@ -235,6 +236,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         self._connection_scope: trio.CancelScope | None = None
         self._lost_reason: str | None = None
         self._lost_kind: Literal["lost", "idle", "hidden"] = "lost"
+        self._link_dead = False
         self._closed = False
         self._visible = True
         self._visibility_changed = trio.Event()
@@ -560,7 +562,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                     )
                 self._counters["connection_attempts"] += 1
                 try:
-                    transport = await self._transport_factory(self._ws_url)
+                    transport = await self._open_transport()
                 except TransportError as exc:
                     if not started:
                         raise
@@ -596,6 +598,20 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             self._set_state(ConnectionState.CLOSED)
             self._connected.set()  # wake waiters so they see _closed
 
+    async def _open_transport(self) -> Transport:
+        """Open a transport, bounded by ``connect_timeout``.
+
+        A TCP connection whose upgrade never completes (a black-holed path, a frozen server)
+        would otherwise hang the supervisor forever; it becomes a failed attempt instead.
+        """
+        timeout = self._config.connect_timeout
+        with trio.move_on_after(timeout):
+            return await self._transport_factory(self._ws_url)
+        raise HandshakeFailed(
+            f"no WebSocket upgrade response from {self._display_url} within {timeout:g} s "
+            "(RealtimeConfig.connect_timeout)"
+        )
+
     def _give_up(self, reason: str) -> None:
         for ch in list(self._channels.values()):
             ch.end(reason)
@@ -605,6 +621,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         """Run one connection until it dies (or is closed as idle or hidden); return why."""
         self._lost_reason = None
         self._lost_kind = "lost"
+        self._link_dead = False
         self._transport = transport
         self._counters["connections"] += 1
         now = trio.current_time()
@@ -639,7 +656,10 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 if errored is not None:
                     self._channel_errored(errored, event)
             with trio.CancelScope(shield=True) as scope:
-                scope.deadline = trio.current_time() + self._config.close_timeout
+                # A dead link cannot answer a closing handshake: drop it at once rather than
+                # wait for a close reply that will never come.
+                grace = 0.0 if self._link_dead else self._config.close_timeout
+                scope.deadline = trio.current_time() + grace
                 await transport.aclose(1000, "")
         return reason
 
@@ -793,6 +813,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             now = trio.current_time()
             due = conn.heartbeat_due(now)
             if due == "dead":
+                self._link_dead = True
                 self._lose(
                     f"heartbeat timeout: no reply within {conn.heartbeat.timeout:g} s "
                     "(the link may be half-open)"

@@ -49,6 +49,8 @@ class RealtimeConfig:
         heartbeat_interval: seconds between heartbeats (25, as the official clients).
         heartbeat_timeout: seconds a heartbeat may go unanswered before the connection is
             declared dead and replaced (default: ``heartbeat_interval``).
+        connect_timeout: seconds one connection attempt (TCP, TLS and the WebSocket upgrade)
+            may take before it counts as failed.
         join_timeout: seconds to wait for a join reply (the official server delays join errors
             by 5 s, so keep this well above 5).
         push_timeout: seconds to wait for the reply to an acknowledged push.
@@ -84,6 +86,7 @@ class RealtimeConfig:
     params: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     heartbeat_interval: float = attrs.field(default=25.0, validator=_check_positive)
     heartbeat_timeout: float | None = None
+    connect_timeout: float = attrs.field(default=10.0, validator=_check_positive)
     join_timeout: float = attrs.field(default=10.0, validator=_check_positive)
     push_timeout: float = attrs.field(default=10.0, validator=_check_positive)
     leave_timeout: float = attrs.field(default=5.0, validator=_check_positive)

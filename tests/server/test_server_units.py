@@ -47,7 +47,9 @@ def test_sans_io_modules_import_no_io(module: object) -> None:
 
 def test_exports() -> None:
     public = {name for name in dir(trio_realtime.server) if not name.startswith("_")}
-    assert public == {"RealtimeServer", "ServerConfig", "ServerStatistics", "serve_realtime"}
+    assert public == {"RealtimeServer", "ServerConfig", "ServerStatistics", "serve_realtime",
+                      "DatabaseUnavailable", "EmbeddedPostgres", "EmbeddedPostgresError",
+                      "open_embedded_postgres"}
     for name in public:
         assert getattr(trio_realtime.server, name).__module__ == "trio_realtime.server"
 

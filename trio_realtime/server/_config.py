@@ -71,6 +71,19 @@ class ServerConfig:
         default_vsn: the serializer for clients that send no ``vsn`` (Phoenix: ``1.0.0``).
         rng: the random source for presence refs and presence keys; None seeds one from the OS.
             Pass ``random.Random(seed)`` for reproducible runs.
+        postgres_poll_interval: with a database, seconds between two polls of the replication
+            slot when the last poll was not full (a full one is followed at once). This is the
+            added latency of a row change, at most. (Officially 100 ms + jitter.)
+        postgres_batch_size: row changes read per poll (PostgreSQL completes the last
+            transaction, so a poll may return more). (Officially 100.)
+        postgres_max_record_bytes: a row change larger than this (as wal2json JSON) is sent
+            with ``errors: ["Error 413: Payload Too Large"]`` and only its values of at most
+            64 bytes (officially 1 MiB).
+        postgres_backpressure_timeout: how long row-change delivery waits for a socket whose
+            send queue is more than half full to drain to a quarter, so a big transaction
+            reaches a reading client whole instead of overflowing its queue. Meanwhile
+            nobody gets row changes. A socket still that full afterwards is left to the
+            overflow policy.
     """
 
     max_frame_size: int = attrs.field(default=5_000_000, validator=_positive_int)
@@ -85,3 +98,7 @@ class ServerConfig:
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
     default_vsn: str = attrs.field(default="1.0.0", validator=_vsn)
     rng: random.Random | None = attrs.field(default=None, eq=False, repr=False)
+    postgres_poll_interval: float = attrs.field(default=0.025, validator=_positive)
+    postgres_batch_size: int = attrs.field(default=1000, validator=_positive_int)
+    postgres_max_record_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
+    postgres_backpressure_timeout: float = attrs.field(default=2.0, validator=_non_negative)

@@ -49,12 +49,15 @@ class Accept:
     """Upgrade accepted.
 
     Attributes:
-        vsn: the canonical serializer version, ``"1.0.0"`` or ``"2.0.0"``.
+        vsn: the canonical serializer version, ``"1.0.0"`` or ``"2.0.0"`` (``"seed002"``
+            from :func:`~._seed002.evaluate_seed002_upgrade`).
         token: the API key / JWT, the socket's default access token for joins.
+        subprotocol: the WebSocket subprotocol to answer with (seed-002's ``"jwt"``), or None.
     """
 
     vsn: str
     token: str = attrs.field(repr=False)
+    subprotocol: str | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -18,6 +18,13 @@ sans-IO :func:`~._handshake.evaluate_upgrade`; an accepted socket becomes a
 * the **expiry watcher** sleeps until the earliest channel token expiry (only with a JWT
   secret) and closes expired channels with the official ``system`` error.
 
+With a database (``database_url``), a :class:`~._postgres.ChangeFeed` captures row changes
+by logical decoding (see ``_postgres``). A join with postgres_changes bindings registers
+them with the feed *before* its reply is queued (so no commit after the reply is missed),
+then pushes the ``system`` subscription result after the reply; the feed hands each row
+change's matches to :meth:`_Hub.deliver_changes`, which queues one ``postgres_changes``
+message per channel, encoded once per (topic, ids, vsn).
+
 Routing state is plain dictionaries owned by :class:`_Hub`, mutated only from synchronous
 code (so no locks): ``(private, sub_topic) -> {channel}`` for fan-out and
 ``(private, sub_topic) -> PresenceTopic`` for presence. A fan-out looks up one set and encodes
@@ -33,6 +40,7 @@ finish the frame it is writing, and sends the close frame. Both are bounded by
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -46,12 +54,14 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketServer
 
 from .._errors import LocalProtocolError, RemoteProtocolError
-from ..protocol import SUPPORTED_VSNS, Message, Serializer, serializer_for
+from ..protocol import SEED002_VSN, SUPPORTED_VSNS, Message, Serializer, serializer_for
 from ._auth import TokenRejected, TokenVerifier
 from ._config import ServerConfig
-from ._handshake import Refuse, evaluate_upgrade, redact_target
+from ._handshake import Accept, Refuse, evaluate_upgrade, redact_target
 from ._join import JoinParams, parse_join
+from ._postgres import CONNECTION_LOST, NO_DATABASE_MESSAGE, ChangeFeed, Delivery, open_change_feed
 from ._presence import CallWindow, PresenceDiff, PresenceTopic, RefFactory
+from ._seed002 import SEED002_PATH, auth_success, evaluate_seed002_upgrade, new_connection_id
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -93,6 +103,8 @@ class ServerStatistics:
         malformed_frames: frames dropped because they could not be decoded.
         send_queue_overflows: sockets closed because their send queue was full.
         rejected_upgrades: upgrade requests refused (bad route, vsn or API key).
+        postgres_changes: row changes decoded from the database (0 without one).
+        postgres_messages: ``postgres_changes`` messages queued to channels.
     """
 
     connections: int
@@ -102,6 +114,8 @@ class ServerStatistics:
     malformed_frames: int
     send_queue_overflows: int
     rejected_upgrades: int
+    postgres_changes: int = 0
+    postgres_messages: int = 0
 
 
 @attrs.define(eq=False)
@@ -121,6 +135,8 @@ class _Connection:
     writer_scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, repr=False)
     expiry_changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
     done: trio.Event = attrs.field(factory=trio.Event, repr=False)
+    drained: trio.Event | None = attrs.field(default=None, repr=False)  # set by the writer
+    stalled: bool = False  # did not drain within postgres_backpressure_timeout; not waited for
     malformed: int = 0
 
 
@@ -184,6 +200,8 @@ class _Hub:
         self.malformed = 0
         self.overflows = 0
         self.rejected = 0
+        self.feed: ChangeFeed | None = None
+        self.pg_pressured: dict[_Connection, None] = {}
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
@@ -194,6 +212,8 @@ class _Hub:
             malformed_frames=self.malformed,
             send_queue_overflows=self.overflows,
             rejected_upgrades=self.rejected,
+            postgres_changes=self.feed.changes_decoded if self.feed is not None else 0,
+            postgres_messages=self.feed.messages_delivered if self.feed is not None else 0,
         )
 
     # -- connection lifecycle ----------------------------------------------------------------
@@ -201,27 +221,36 @@ class _Hub:
     async def handle(self, request: WebSocketRequest) -> None:
         """trio-websocket's per-request handler."""
         target = request.path
-        decision = evaluate_upgrade(
-            target, request.headers, verifier=self.verifier, now=time.time(),
-            default_vsn=self.config.default_vsn,
+        # seed-002 (path /seed002, or the "jwt" subprotocol) is decided before the vsn logic.
+        decision: Accept | Refuse | None = evaluate_seed002_upgrade(
+            target, request.proposed_subprotocols, verifier=self.verifier, now=time.time()
         )
+        if decision is None:
+            decision = evaluate_upgrade(
+                target, request.headers, verifier=self.verifier, now=time.time(),
+                default_vsn=self.config.default_vsn,
+            )
         if isinstance(decision, Refuse):
             await self._refuse(request, target, decision)
             return
         try:
-            ws = await request.accept()
+            ws = await request.accept(subprotocol=decision.subprotocol)
         except ConnectionClosed:
             return
         send_channel, receive_channel = trio.open_memory_channel[_Frame](self.config.send_queue_size)
         conn = _Connection(
             id=next(self.conn_ids),
-            serializer=self.serializers[decision.vsn],
+            # seed-002 serializers keep per-connection state: one each.
+            serializer=self.serializers[decision.vsn] if decision.vsn in self.serializers
+            else serializer_for(decision.vsn, "server"),
             token=decision.token,
             remote=_endpoint(request.remote),
             send_channel=send_channel,
             receive_channel=receive_channel,
         )
         self.connections[conn] = None
+        if decision.vsn == SEED002_VSN:
+            self._send(conn, auth_success(new_connection_id(self.rng)))  # before anything else
         logger.debug("connection %d from %s: accepted %s (vsn %s)", conn.id, conn.remote,
                      redact_target(target), decision.vsn)
         try:
@@ -291,6 +320,13 @@ class _Hub:
                 except ConnectionClosed:
                     self._begin_close(conn, None, "", flush=False)
                     break
+                if (conn.drained is not None or conn.stalled) and (
+                    self._queued(conn) <= self.config.send_queue_size // 4
+                ):
+                    conn.stalled = False
+                    if conn.drained is not None:
+                        conn.drained.set()
+                        conn.drained = None
 
     async def _expiry_watcher(self, conn: _Connection) -> None:
         while True:
@@ -384,7 +420,7 @@ class _Hub:
         self._send(chan.conn, Message(join_ref=chan.join_ref, topic=chan.topic, event=event, payload=payload))
 
     def _encode_for(self, serializer: Serializer, msg: Message) -> _Frame | None:
-        if msg.user_broadcast and serializer.vsn == "1.0.0":
+        if msg.user_broadcast and serializer.vsn in ("1.0.0", SEED002_VSN):
             inner = msg.payload.get("payload") if isinstance(msg.payload, dict) else None
             if isinstance(inner, bytes | bytearray):
                 return None  # V1 cannot carry binary: not delivered (§2.2)
@@ -426,6 +462,8 @@ class _Hub:
             return
         chan.closed = True
         self.channel_count -= 1
+        if self.feed is not None:
+            self.feed.unsubscribe(chan)
         conn = chan.conn
         if conn.channels.get(chan.topic) is chan:
             del conn.channels[chan.topic]
@@ -460,6 +498,8 @@ class _Hub:
         if msg.topic == "phoenix":
             if msg.event == "heartbeat":
                 self._reply(conn, msg, None, "ok", {})
+            elif msg.event == "access_token" and conn.serializer.vsn == SEED002_VSN:
+                self._on_socket_token(conn, msg)  # seed-002's {"type": "auth", "token": T}
             return
         if msg.event == "phx_join":
             await self._join(conn, msg)
@@ -537,11 +577,21 @@ class _Hub:
             token=token,
             token_exp=exp,
         )
+        pg_error: str | None = None
+        if params.postgres_changes:
+            # Registered before the reply is queued: every commit after the reply reaches it.
+            pg_error = await self._pg_subscribe(chan)
+            if conn.closing:
+                if self.feed is not None:
+                    self.feed.unsubscribe(chan)
+                return
         conn.channels[topic] = chan
         self.subscriptions.setdefault(chan.key, {})[chan] = None
         self.channel_count += 1
         self._reply(conn, msg, msg.join_ref, "ok", {"postgres_changes": list(params.postgres_changes)})
         self._push_old_close(conn, old)
+        if params.postgres_changes:
+            self._push_pg_system(chan, pg_error)
         if params.replication_ready:
             # No replication here to wait for: always ready (§4.9).
             self._push(chan, "system", {"extension": "system", "status": "ok",
@@ -552,6 +602,77 @@ class _Hub:
             self._push(chan, "presence_state", presence.state() if presence is not None else {})
         if exp is not None:
             conn.expiry_changed.set()
+
+    async def _pg_subscribe(self, chan: _Channel) -> str | None:
+        """Register the channel's postgres_changes bindings; the error message, or None."""
+        if self.feed is None:
+            return NO_DATABASE_MESSAGE
+        error = await self.feed.subscribe(chan, chan.params.postgres_changes)
+        if error is not None:
+            logger.info("connection %d: postgres_changes on %s not subscribed: %s", chan.conn.id, chan.topic,
+                        error)
+        return error
+
+    def _push_pg_system(self, chan: _Channel, error: str | None) -> None:
+        """The subscription result (§6.3): the channel stays joined either way."""
+        self._push(chan, "system", {
+            "extension": "postgres_changes",
+            "status": "ok" if error is None else "error",
+            "message": "Subscribed to PostgreSQL" if error is None else error,
+            "channel": chan.sub_topic,
+        })
+
+    def pg_lost(self, chan: _Channel) -> None:
+        """The feed lost its slot: tell the channel its changes stopped."""
+        if not chan.closed:
+            self._push_pg_system(chan, CONNECTION_LOST)
+
+    def deliver_changes(self, deliveries: list[Delivery]) -> None:
+        """Queue one row change's ``postgres_changes`` messages (called by the feed)."""
+        frames: dict[tuple[str, tuple[int, ...], int, str | int], _Frame | None] = {}
+        for chan, ids, data in deliveries:
+            if chan.closed or chan.conn.closing:
+                continue
+            serializer = chan.conn.serializer
+            # Shared serializers encode once per vsn; a per-connection one (stateful) encodes its own.
+            vsn = serializer.vsn
+            skey: str | int = vsn if self.serializers.get(vsn) is serializer else id(serializer)
+            key = (chan.topic, ids, id(data), skey)
+            if key in frames:
+                frame = frames[key]
+            else:
+                # Fan-out, as the official server's: no join_ref, no ref.
+                msg = Message(topic=chan.topic, event="postgres_changes",
+                              payload={"ids": list(ids), "data": data})
+                frame = frames[key] = self._encode_for(serializer, msg)
+            if frame is not None:
+                self._enqueue(chan.conn, frame)
+                if not chan.conn.stalled and self._queued(chan.conn) > self.config.send_queue_size // 2:
+                    self.pg_pressured[chan.conn] = None
+
+    @staticmethod
+    def _queued(conn: _Connection) -> int:
+        return conn.receive_channel.statistics().current_buffer_used
+
+    async def pg_backpressure(self) -> None:
+        """Wait until the sockets the feed filled past half their queue drain to a quarter.
+
+        Bounded by ``postgres_backpressure_timeout`` per socket; one that does not drain is
+        marked *stalled* and not waited for again until it drains, so it is left to the
+        overflow policy (closed when its queue is full) and costs the others one timeout.
+        """
+        while self.pg_pressured:
+            conn = next(iter(self.pg_pressured))
+            del self.pg_pressured[conn]
+            with trio.move_on_after(self.config.postgres_backpressure_timeout) as scope:
+                while not conn.closing and self._queued(conn) > self.config.send_queue_size // 4:
+                    conn.drained = event = trio.Event()
+                    await event.wait()
+            conn.drained = None
+            if scope.cancelled_caught:
+                logger.info("connection %d: not reading its postgres_changes; no longer waiting for it",
+                            conn.id)
+                conn.stalled = True
 
     def _push_old_close(self, conn: _Connection, old: _Channel | None) -> None:
         if old is not None:
@@ -629,6 +750,16 @@ class _Hub:
         else:
             self._reply(chan.conn, msg, chan.join_ref, "error", {})
 
+    def _on_socket_token(self, conn: _Connection, msg: Message) -> None:
+        """seed-002's ``auth``: the socket's token for later joins, and each channel's now."""
+        token = msg.payload.get("access_token") if isinstance(msg.payload, dict) else None
+        if not isinstance(token, str):
+            return
+        if self.verifier is None or not isinstance(self.verifier.verify(token, time.time()), TokenRejected):
+            conn.token = token
+        for chan in list(conn.channels.values()):
+            self._on_access_token(chan, msg)
+
     def _on_access_token(self, chan: _Channel, msg: Message) -> None:
         # Never replied to (§3.8).
         payload = msg.payload if isinstance(msg.payload, dict) else {}
@@ -637,14 +768,17 @@ class _Hub:
             return
         if self.verifier is None:
             chan.token = token
-            return
-        result = self.verifier.verify(token, time.time())
-        if isinstance(result, TokenRejected):
-            self._shutdown(chan, result.system_message)
-            return
-        chan.token = token
-        chan.token_exp = result.exp
-        chan.conn.expiry_changed.set()
+        else:
+            result = self.verifier.verify(token, time.time())
+            if isinstance(result, TokenRejected):
+                self._shutdown(chan, result.system_message)
+                return
+            chan.token = token
+            chan.token_exp = result.exp
+            chan.conn.expiry_changed.set()
+        if self.feed is not None and self.feed.is_subscribed(chan):
+            # The official server resubscribes with the new claims and says so again (§3.8).
+            self._push_pg_system(chan, None)
 
 
 @final
@@ -678,6 +812,11 @@ class RealtimeServer(metaclass=_NoPublicConstructor):
         if ":" in host:
             host = f"[{host}]"
         return f"ws://{host}:{self.port}/realtime/v1"
+
+    @property
+    def seed002_url(self) -> str:
+        """The endpoint for seed-002 clients, e.g. ``ws://127.0.0.1:4000/seed002``."""
+        return self.url.removesuffix("/realtime/v1") + SEED002_PATH
 
     def websocket_url(self, vsn: str = "1.0.0") -> str:
         """The full WebSocket URL for serializer ``vsn`` (add ``&apikey=...`` yourself)."""
@@ -718,14 +857,25 @@ async def serve_realtime(
     *,
     jwt_secret: str | None = None,
     config: ServerConfig | None = None,
+    database_url: str | None = None,
     task_status: trio.TaskStatus[RealtimeServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a Supabase Realtime-compatible server until cancelled.
 
     It speaks vsn 1.0.0 and 2.0.0 on ``/socket/websocket`` and ``/realtime/v1/websocket``:
     heartbeats, channel joins, broadcast (with ``self``/``ack``, JSON and binary), presence,
-    access token refreshes and the official error replies. postgres_changes bindings are
-    acknowledged with ids but no changes are produced.
+    access token refreshes and the official error replies, and postgres_changes when given a
+    database. It also speaks the seed app's own protocol (seed-002: the token as the
+    subprotocols ``["jwt", token]``, JSON ``{"type": ...}`` frames) on ``/seed002``
+    (:attr:`RealtimeServer.seed002_url`) and on any path offering the ``jwt`` subprotocol;
+    its channels are shared with Phoenix clients (seed-002 channel ``C`` is ``realtime:C``).
+
+    **postgres_changes** need ``database_url``: a PostgreSQL with ``wal_level=logical`` and
+    the wal2json plugin, and a user allowed to create replication slots (e.g. the DSN of
+    :func:`trio_realtime.server.open_embedded_postgres`). The server then streams every
+    INSERT/UPDATE/DELETE committed after a channel's join reply to the channel's matching
+    bindings (event, schema, table, filter). Without a database, joins with bindings still
+    succeed (ids echoed) and get a ``system`` error saying there is no database.
 
     Use with the Trio start protocol::
 
@@ -739,7 +889,15 @@ async def serve_realtime(
             HS384, HS512), carrying ``role`` and ``exp``. None is **development mode**: any
             API key is accepted and tokens are never checked.
         config: limits and timings; ``ServerConfig()`` by default.
+        database_url: a libpq URL or connection string of the database whose changes are
+            streamed, e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``. Passwords in it
+            are never logged.
         task_status: the Trio start protocol; receives the :class:`RealtimeServer`.
+
+    Raises:
+        OSError: the address cannot be bound.
+        DatabaseUnavailable: ``database_url`` cannot be reached or is not set up for logical
+            decoding with wal2json (raised before ``task_status.started``).
     """
     config = config if config is not None else ServerConfig()
     if jwt_secret is None:
@@ -748,6 +906,18 @@ async def serve_realtime(
     elif len(jwt_secret.encode("utf-8")) < 32:
         logger.warning("the JWT secret is shorter than 32 bytes; HMAC-SHA256 wants at least 32")
     hub = _Hub(config, jwt_secret)
+    async with contextlib.AsyncExitStack() as stack:
+        if database_url is not None:
+            hub.feed = await stack.enter_async_context(open_change_feed(
+                database_url, hub.deliver_changes, on_lost=hub.pg_lost, backpressure=hub.pg_backpressure,
+                poll_interval=config.postgres_poll_interval, batch_size=config.postgres_batch_size,
+                max_record_bytes=config.postgres_max_record_bytes,
+            ))
+        await _serve(hub, host, port, task_status)
+
+
+async def _serve(hub: _Hub, host: str, port: int, task_status: trio.TaskStatus[RealtimeServer]) -> None:
+    config = hub.config
     listeners = await trio.open_tcp_listeners(port, host=host)
     if port == 0 and len(listeners) > 1:
         # Port 0 on a name with several addresses binds each on a different port; keep one.

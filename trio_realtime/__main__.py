@@ -1,6 +1,7 @@
 """The ``trio-realtime`` / ``python -m trio_realtime`` command line.
 
-Commands: ``serve`` (the reference server), ``demo`` (a narrated chat on the embedded server),
+Commands: ``serve`` (the reference server), ``demo`` (a narrated chat on the embedded server;
+``demo chat`` keeps the messages in an embedded PostgreSQL),
 ``listen`` (print a channel's events as JSON lines), ``send`` (one broadcast) and ``presence``
 (track yourself and print who is online).
 """
@@ -115,6 +116,12 @@ def _build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
 
     demo = sub.add_parser("demo", help="a narrated chat between three clients on the embedded server")
+    demo.add_argument(
+        "variant",
+        nargs="?",
+        choices=["chat"],
+        help="chat: messages are PostgreSQL rows delivered by postgres_changes (needs PostgreSQL)",
+    )
     demo.add_argument("--deadline", type=float, default=15.0, help="give up after this many seconds")
     demo.add_argument("--pace", type=float, default=0.4, help="pause between steps, for reading")
 
@@ -149,7 +156,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .server._cli import run_serve
 
             return run_serve(args)
-        if args.command == "demo":
+        if args.command == "demo" and args.variant == "chat":
+            from ._demo_chat import ChatDemoUnavailable, run_chat_demo
+
+            try:
+                trio.run(lambda: run_chat_demo(deadline=args.deadline, pace=args.pace))
+            except ChatDemoUnavailable as exc:
+                print(f"trio-realtime demo chat: {exc}", file=sys.stderr)
+                return 1
+        elif args.command == "demo":
             from ._demo import run_demo
 
             trio.run(lambda: run_demo(deadline=args.deadline, pace=args.pace))
@@ -161,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_presence, args)
     except RealtimeError as exc:
         print(f"trio-realtime {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except trio.TooSlowError:
+        if args.command != "demo":
+            raise
+        print(f"trio-realtime demo: did not finish within {args.deadline:g} s (--deadline)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

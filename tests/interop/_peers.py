@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Mapping
+    from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 PeerKind = Literal["js-v2", "js-v1", "py"]
 Event = dict[str, Any]
@@ -100,6 +100,7 @@ def peer_argv(
     apikey: str,
     heartbeat_ms: int | None = None,
     timeout_ms: int | None = None,
+    pg_bindings: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[str]:
     """Build the command line for a peer, checking that its runtime is installed."""
     if kind in ("js-v2", "js-v1"):
@@ -126,6 +127,8 @@ def peer_argv(
         argv += ["--heartbeat-ms", str(heartbeat_ms)]
     if timeout_ms is not None:
         argv += ["--timeout-ms", str(timeout_ms)]
+    if pg_bindings:
+        argv += ["--pg-bindings", json.dumps(list(pg_bindings))]
     return argv
 
 
@@ -286,6 +289,7 @@ async def open_peer(
     apikey: str = DEFAULT_APIKEY,
     heartbeat_ms: int | None = None,
     timeout_ms: int | None = None,
+    pg_bindings: Sequence[Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[Peer]:
     """Start an official-client peer and yield a `Peer` to drive it.
 
@@ -303,6 +307,9 @@ async def open_peer(
         heartbeat_ms: client heartbeat interval (the PyPI client rounds to seconds and uses at
             least 15 s); default: the library's own (25 s).
         timeout_ms: client push timeout; default: the library's own (10 s).
+        pg_bindings: postgres_changes filters (``{"event", "schema", "table", "filter"}``)
+            registered before the join; each change a binding's callback receives comes back
+            as ``{"type": "postgres_changes", "binding": <index>, "payload": ...}``.
 
     Raises:
         PeerSetupError: node, the npm packages or the PyPI package are not installed.
@@ -317,6 +324,7 @@ async def open_peer(
         apikey=apikey,
         heartbeat_ms=heartbeat_ms,
         timeout_ms=timeout_ms,
+        pg_bindings=pg_bindings,
     )
     process = await trio.lowlevel.open_process(
         argv,

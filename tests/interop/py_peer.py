@@ -4,7 +4,7 @@ Usage::
 
     python py_peer.py --url ws://127.0.0.1:PORT/realtime/v1 --apikey KEY --vsn 1.0.0 \\
         --topic room --key alice [--self] [--ack] \\
-        [--heartbeat-ms N] [--timeout-ms N] [--lifetime-s N]
+        [--heartbeat-ms N] [--timeout-ms N] [--lifetime-s N] [--pg-bindings JSON]
 
 This speaks the same line protocol as ``js/peer.mjs`` (see the header there), so that the tests
 in this directory can drive either official client through ``_peers.open_peer``. Differences
@@ -18,6 +18,11 @@ that come from the client library itself:
   ``channel.push("presence", {"event": "track"|"untrack", "payload": ...})``) and waits for the
   reply: ``"ok"``, ``"error"`` or ``"timed out"``. A broadcast without ``--ack`` gets no reply
   from the server, so, like realtime-js, it reports ``"ok"`` as soon as it is sent.
+* ``--pg-bindings`` (a JSON list of ``{"event", "schema", "table", "filter"}`` objects) registers
+  each with ``channel.on_postgres_changes`` before the join; the callbacks receive the *raw*
+  payload ``{"ids": [...], "data": {"type", "record", "old_record", "columns", ...}}`` (this
+  library does not convert it the way realtime-js does), printed as
+  ``{"type": "postgres_changes", "binding": I, "payload": ...}``.
 * ``--heartbeat-ms`` is rounded to seconds and the library clamps it to at least 15 s.
 
 It is an asyncio program (the library is asyncio-only); stdin is read through an
@@ -38,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Longest command line accepted on stdin, in bytes.
@@ -78,7 +83,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--heartbeat-ms", type=float, default=None)
     parser.add_argument("--timeout-ms", type=float, default=None)
     parser.add_argument("--lifetime-s", type=float, default=60.0)
+    parser.add_argument("--pg-bindings", type=json.loads, default=[])
     args = parser.parse_args(argv)
+    if not isinstance(args.pg_bindings, list) or not all(isinstance(b, dict) for b in args.pg_bindings):
+        parser.error("--pg-bindings must be a JSON list of objects")
     if args.vsn != "1.0.0":
         parser.error(f"the PyPI realtime client only speaks vsn 1.0.0, not {args.vsn}")
     host = urlsplit(args.url).hostname
@@ -113,6 +121,14 @@ class Peer:
         self.channel.on_presence_join(self._on_presence_join)
         self.channel.on_presence_leave(self._on_presence_leave)
         self.channel.on_system(lambda payload: emit({"type": "system", "payload": payload}))
+        for index, binding in enumerate(args.pg_bindings):
+            self.channel.on_postgres_changes(
+                binding.get("event", "*"),
+                self._on_postgres_change(index),
+                table=binding.get("table"),
+                schema=binding.get("schema"),
+                filter=binding.get("filter"),
+            )
         self.exiting = False
         self.closed = asyncio.Event()
 
@@ -128,6 +144,13 @@ class Peer:
                 "raw": message,
             }
         )
+
+    @staticmethod
+    def _on_postgres_change(index: int) -> Callable[[Mapping[str, Any]], None]:
+        def callback(payload: Mapping[str, Any]) -> None:
+            emit({"type": "postgres_changes", "binding": index, "payload": payload})
+
+        return callback
 
     def _on_presence_join(self, key: str, current: list[Any], new: list[Any]) -> None:
         emit(

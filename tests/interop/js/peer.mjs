@@ -2,7 +2,7 @@
 //
 //   node peer.mjs --url ws://127.0.0.1:PORT/realtime/v1 --apikey KEY --vsn 2.0.0|1.0.0 \
 //                 --topic room --key alice [--self] [--ack] \
-//                 [--heartbeat-ms N] [--timeout-ms N] [--lifetime-s N]
+//                 [--heartbeat-ms N] [--timeout-ms N] [--lifetime-s N] [--pg-bindings JSON]
 //
 // The peer connects, joins `realtime:<topic>` (the client adds the prefix) with the given
 // broadcast/presence config, listens to every broadcast, presence and system event, and then
@@ -25,9 +25,15 @@
 //   {"type":"broadcast","event":E,"payload":P,"binary_hex":<hex or null>,"raw":<callback arg>}
 //   {"type":"presence","event":"sync"|"join"|"leave","key":...,"newPresences"|"leftPresences":...}
 //   {"type":"system","payload":{...}}
+//   {"type":"postgres_changes","binding":I,"payload":<callback arg>}   (see --pg-bindings)
 //   {"type":"heartbeat","status":"sent"|"ok"|"error"|"timeout"}   (the library's heartbeatCallback)
 //   {"type":"error","message":...}            a bad command; the peer keeps running
 //   {"type":"fatal","message":...}            followed by a non-zero exit
+//
+// --pg-bindings takes a JSON list of postgres_changes filters, e.g.
+// '[{"event":"*","schema":"public","table":"todos","filter":"id=eq.1"}]'; binding I (its index in
+// the list) is registered with channel.on('postgres_changes', filter, callback) before the join,
+// and each callback prints its argument (`eventType`, `new`, `old`, ...) as shown above.
 //
 // Safety: only loopback URLs are accepted, EOF on stdin behaves like "quit", and the process
 // exits by itself (status 3) after --lifetime-s seconds (default 60) so that a broken test can
@@ -131,6 +137,7 @@ function parseArgs(argv) {
     heartbeatMs: null,
     timeoutMs: null,
     lifetimeS: 60,
+    pgBindings: '[]',
   }
   const valued = {
     '--url': 'url',
@@ -141,6 +148,7 @@ function parseArgs(argv) {
     '--heartbeat-ms': 'heartbeatMs',
     '--timeout-ms': 'timeoutMs',
     '--lifetime-s': 'lifetimeS',
+    '--pg-bindings': 'pgBindings',
   }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]
@@ -162,6 +170,10 @@ function parseArgs(argv) {
         throw new Error(`${numeric} must be a positive number`)
       }
     }
+  }
+  opts.pgBindings = JSON.parse(opts.pgBindings)
+  if (!Array.isArray(opts.pgBindings) || !opts.pgBindings.every((b) => b && typeof b === 'object')) {
+    throw new Error('--pg-bindings must be a JSON list of objects')
   }
   const host = new URL(opts.url).hostname
   if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host)) {
@@ -244,6 +256,9 @@ channel.on('presence', { event: 'leave' }, ({ key, currentPresences, leftPresenc
   emit({ type: 'presence', event: 'leave', key, currentPresences, leftPresences })
 )
 channel.on('system', {}, (payload) => emit({ type: 'system', payload }))
+opts.pgBindings.forEach((filter, binding) => {
+  channel.on('postgres_changes', filter, (payload) => emit({ type: 'postgres_changes', binding, payload }))
+})
 
 channel.subscribe((status, err) => {
   emit({ type: 'status', status, error: err ?? null })

@@ -52,7 +52,7 @@ from ._errors import (
 )
 from ._groups import collapse
 from ._seed002 import open_seed002_transport
-from ._subscription import Subscription, _Channel, _Outgoing
+from ._subscription import Subscription, _Channel, _Outgoing, _Subscriber
 from ._transport import Transport, connect_websocket
 from ._util import NoPublicConstructor
 from .protocol import (
@@ -80,6 +80,8 @@ from .protocol import (
 __all__ = ["ClientStatistics", "RealtimeClient", "TokenSource", "open_realtime"]
 
 log = logging.getLogger("trio_realtime.client")
+#: The longest the reader waits, per socket read, for consumers to empty their queues.
+_DRAIN_WAIT = 0.05
 
 #: A token, or an async callable returning the current one (called before every (re)join).
 TokenSource = str | Callable[[], Awaitable[str | None]] | None
@@ -229,6 +231,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             heartbeat_timeout=config.heartbeat_timeout,
         )
         self._channels: dict[str, _Channel] = {}
+        #: Subscribers whose queue became non-empty since the reader last let them drain.
+        self._backlog: list[_Subscriber] = []
         self._waiters: dict[str, _Waiter] = {}
         self._transport: Transport | None = None
         self._send_lock = trio.StrictFIFOLock()
@@ -373,6 +377,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             self._config.subscription_buffer if buffer is None else buffer,
             self._config.overflow if overflow is None else overflow,
         )
+        subscriber.backlog = self._backlog
         self._notify_channels()
         subscription: Subscription | None = None
         try:
@@ -694,7 +699,10 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         channels = self._channels
         waiters = self._waiters
         counters = self._counters
+        backlog = self._backlog
         while True:
+            if backlog:
+                await self._let_consumers_drain()
             try:
                 batch = await transport.receive_messages()
             except ConnectionLost as exc:
@@ -765,7 +773,46 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                                 ):
                                     continue
                                 target.last_delivery = self._config.wall_clock()
+                                stamp = event.meta.get("inserted_at") if event.meta else None
+                                if isinstance(stamp, int) and not isinstance(stamp, bool):
+                                    target.last_inserted_at = stamp
                             target.deliver(event)
+
+    async def _let_consumers_drain(self) -> None:
+        """Before reading the socket again, let the consumers empty what this read queued.
+
+        Without this, a reader that finds data waiting on every read queues hundreds of events
+        per scheduling round while an ``async for`` consumer takes one (each ``receive`` is a
+        checkpoint), so under load the queue overflows and events are dropped. Waiting here
+        instead leaves the data in the kernel: TCP pushes back on the server, as it does for
+        the official clients whose callbacks run inline. The wait is bounded by
+        ``_DRAIN_WAIT`` per read, and a consumer that takes nothing during a whole wait is
+        not waited for again until it takes something, so one stuck consumer cannot slow
+        the others (its queue's overflow policy applies as before), and heartbeat replies are
+        read late by at most that much per read.
+        """
+        backlog = self._backlog
+        pending = backlog[:]
+        backlog.clear()
+        deadline = trio.current_time() + _DRAIN_WAIT
+        for subscriber in pending:
+            subscriber.in_backlog = False
+            if subscriber.backlog is None or subscriber.queued <= 0 or subscriber.closed_reason is not None:
+                continue
+            if subscriber.stalled:
+                subscriber.in_backlog = True
+                backlog.append(subscriber)  # look again after the next read
+                continue
+            taken = subscriber.taken
+            subscriber.drained = trio.Event()
+            with trio.move_on_at(deadline):
+                await subscriber.drained.wait()
+            subscriber.drained = None
+            if subscriber.queued > 0 and not subscriber.in_backlog:
+                if subscriber.taken == taken:
+                    subscriber.stalled = True
+                subscriber.in_backlog = True
+                backlog.append(subscriber)
 
     def _can_refresh(self, ch: _Channel, reason: str) -> bool:
         """Whether a server close of ``ch`` is repaired by rejoining with a fresh token."""
@@ -861,7 +908,9 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         """The replay ``since`` (Unix ms) for the next join of ``ch``, or None for no replay.
 
         First join: the configured ``since``, else "from now". Rejoins: from the last
-        broadcast delivered, minus ``replay_margin`` for clock skew (duplicates are dropped).
+        broadcast delivered: exactly its ``meta.inserted_at`` when the server stamps stored
+        messages (the reference server does), else its delivery time minus ``replay_margin``
+        for clock skew and delivery lag. Duplicates are dropped by id either way.
         """
         replay = ch.config.broadcast.replay
         if replay is None:
@@ -872,6 +921,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 ch.last_delivery = now
             if replay.since is not None:
                 return replay.since
+        if ch.core.joined_once and ch.last_inserted_at is not None:
+            return ch.last_inserted_at  # the server's own clock: no lag or skew to cover
         base = now if ch.last_delivery is None else ch.last_delivery
         return int((base - self._config.replay_margin) * 1000)
 
@@ -1161,4 +1212,3 @@ async def open_realtime(
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise collapse(group, "the realtime client") from None
-

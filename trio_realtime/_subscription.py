@@ -59,6 +59,11 @@ class _Outgoing:
     error: BaseException | None = None
 
 
+#: A queue holding this many events makes the reader let its consumer drain it before the next
+#: socket read (see ``RealtimeClient._let_consumers_drain``); fewer never delay the reader.
+DRAIN_THRESHOLD = 64
+
+
 @attrs.define(eq=False)
 class _Subscriber:
     """One ``async with client.channel(...)`` block's queue. Fed by the reader task only."""
@@ -73,6 +78,33 @@ class _Subscriber:
     pending_dropped: int = 0
     #: Why this subscriber's stream ended from the other side (server close, overflow, ...).
     closed_reason: str | None = None
+    #: Events in the queue right now (sent minus received).
+    queued: int = 0
+    #: Events the consumer took so far.
+    taken: int = 0
+    #: Set by the consumer when the queue becomes empty while the reader waits for that.
+    drained: trio.Event | None = None
+    #: The consumer took nothing during a whole drain wait: the reader stops waiting for it
+    #: until it takes an event again.
+    stalled: bool = False
+    #: Where this subscriber registers itself when its queue reaches ``DRAIN_THRESHOLD``
+    #: (the client's list of queues to let drain before the next socket read).
+    backlog: list[_Subscriber] | None = None
+    in_backlog: bool = False
+
+    def took(self, n: int) -> None:
+        """The consumer received ``n`` events."""
+        self.queued -= n
+        self.taken += n
+        self.stalled = False
+        if self.queued <= 0 and self.drained is not None:
+            self.drained.set()
+
+    def _queued_one(self) -> None:
+        self.queued += 1
+        if self.queued >= DRAIN_THRESHOLD and not self.in_backlog and self.backlog is not None:
+            self.in_backlog = True
+            self.backlog.append(self)
 
     def deliver(self, event: RealtimeEvent) -> None:
         """Queue ``event`` without blocking, applying the overflow policy."""
@@ -87,6 +119,7 @@ class _Subscriber:
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+            self._queued_one()
             self.pending_dropped = 0
         try:
             self.send.send_nowait(event)
@@ -103,6 +136,7 @@ class _Subscriber:
             return
         else:
             self.delivered += 1
+            self._queued_one()
 
     def end(self, reason: str) -> None:
         """End this stream: queued events stay readable, then receive raises
@@ -149,6 +183,9 @@ class _Channel:
     #: the last broadcast delivered (or of the first join, before any).
     seen_ids: dict[str, None] = attrs.field(factory=dict)
     last_delivery: float | None = None
+    #: ``meta.inserted_at`` (Unix ms) of the last broadcast delivered, when the server stamps
+    #: its stored messages (the reference server does): rejoins resume exactly there.
+    last_inserted_at: int | None = None
     #: Broadcasts dropped as duplicates of ones already delivered (replay overlap).
     duplicates: int = 0
 
@@ -185,6 +222,7 @@ class _Channel:
     def remove_subscriber(self, subscriber: _Subscriber) -> None:
         if subscriber in self.subscribers:
             self.subscribers.remove(subscriber)
+        subscriber.backlog = None  # the reader stops waiting for it
         subscriber.send.close()
         subscriber.receive.close()
 
@@ -271,7 +309,9 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
             raise trio.BusyResourceError("another task is already receiving from this subscription")
         self._receiving = True
         try:
-            return await self._subscriber.receive.receive()
+            event = await self._subscriber.receive.receive()
+            self._subscriber.took(1)
+            return event
         except trio.EndOfChannel:
             reason = self._subscriber.closed_reason
             if reason is not None:
@@ -283,12 +323,32 @@ class Subscription(trio.abc.ReceiveChannel[RealtimeEvent], metaclass=NoPublicCon
     def receive_nowait(self) -> RealtimeEvent:
         """The next event if one is queued, else raise :class:`trio.WouldBlock`."""
         try:
-            return self._subscriber.receive.receive_nowait()
+            event = self._subscriber.receive.receive_nowait()
         except trio.EndOfChannel:
             reason = self._subscriber.closed_reason
             if reason is not None:
                 raise SubscriptionClosed(self.topic, reason) from None
             raise
+        self._subscriber.took(1)
+        return event
+
+    async def receive_batch(self, max_events: int = 1000) -> list[RealtimeEvent]:
+        """Wait for at least one event, then return every queued event (up to ``max_events``).
+
+        One checkpoint for the whole batch, instead of one per event. Raises as :meth:`receive`
+        (only when no event is queued: events queued before the end are returned first).
+        """
+        first = await self.receive()
+        batch = [first]
+        receive_nowait = self._subscriber.receive.receive_nowait
+        while len(batch) < max_events:
+            try:
+                batch.append(receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        if len(batch) > 1:
+            self._subscriber.took(len(batch) - 1)
+        return batch
 
     async def aclose(self) -> None:
         """Stop receiving (the channel stays joined until the block exits). A checkpoint."""

@@ -65,8 +65,14 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+# Built once: json.loads(..., parse_constant=...) would build a new JSONDecoder on every call.
+_json_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
 def _json_loads(text: str | bytes) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    if not isinstance(text, str):
+        text = text.decode("utf-8")  # UnicodeDecodeError is a ValueError, as json.loads raises
+    return _json_decode(text)
 
 
 @attrs.frozen(kw_only=True)
@@ -165,9 +171,7 @@ class V1Serializer(Serializer):
             raise RemoteProtocolError("binary frame on a vsn 1.0.0 connection (only text is allowed)")
         obj = _loads(data)
         if not isinstance(obj, dict):
-            raise RemoteProtocolError(
-                f"vsn 1.0.0 frame must be a JSON object, got {type(obj).__name__}"
-            )
+            raise RemoteProtocolError(f"vsn 1.0.0 frame must be a JSON object, got {type(obj).__name__}")
         try:
             topic = obj["topic"]
             event = obj["event"]
@@ -222,13 +226,10 @@ class V2Serializer(Serializer):
             return decode_binary(bytes(data), self.role)
         arr = _loads(data)
         if not isinstance(arr, list):
-            raise RemoteProtocolError(
-                f"vsn 2.0.0 text frame must be a JSON array, got {type(arr).__name__}"
-            )
+            raise RemoteProtocolError(f"vsn 2.0.0 text frame must be a JSON array, got {type(arr).__name__}")
         if len(arr) < 5:
             raise RemoteProtocolError(
-                f"vsn 2.0.0 frame must have 5 elements [join_ref, ref, topic, event, payload], "
-                f"got {len(arr)}"
+                f"vsn 2.0.0 frame must have 5 elements [join_ref, ref, topic, event, payload], got {len(arr)}"
             )
         return Message(
             join_ref=_check_ref(arr[0], "join_ref"),
@@ -253,9 +254,7 @@ def serializer_for(vsn: str, role: Role) -> Serializer:
         return V1Serializer(role)
     if vsn.startswith("2.") or vsn == "2":
         return V2Serializer(role)
-    raise LocalProtocolError(
-        f"unsupported protocol version {vsn!r}; use one of {', '.join(SUPPORTED_VSNS)}"
-    )
+    raise LocalProtocolError(f"unsupported protocol version {vsn!r}; use one of {', '.join(SUPPORTED_VSNS)}")
 
 
 # -- binary frames (§2.4) ---------------------------------------------------------------
@@ -363,8 +362,9 @@ def decode_binary(data: bytes, role: Role) -> Message:
             jl, rl, tl, el = r.lengths(4)
             join_ref, ref = r.text(jl, "join_ref"), r.text(rl, "ref")
             topic, event = r.text(tl, "topic"), r.text(el, "event")
-            return Message(join_ref=join_ref or None, ref=ref or None, topic=topic, event=event,
-                           payload=r.rest())
+            return Message(
+                join_ref=join_ref or None, ref=ref or None, topic=topic, event=event, payload=r.rest()
+            )
         if kind == KIND_USER_BROADCAST_PUSH:
             jl, rl, tl, el, ml, encoding = r.lengths(6)
             join_ref, ref = r.text(jl, "join_ref"), r.text(rl, "ref")
@@ -375,8 +375,11 @@ def decode_binary(data: bytes, role: Role) -> Message:
                 ref=ref or None,
                 topic=topic,
                 event="broadcast",
-                payload={"type": "broadcast", "event": event,
-                         "payload": _decode_user_data(encoding, r.rest())},
+                payload={
+                    "type": "broadcast",
+                    "event": event,
+                    "payload": _decode_user_data(encoding, r.rest()),
+                },
                 user_broadcast=True,
             )
         raise RemoteProtocolError(f"binary frame of kind {kind} is not accepted from clients (0 or 3)")
@@ -384,8 +387,11 @@ def decode_binary(data: bytes, role: Role) -> Message:
         tl, el, ml, encoding = r.lengths(4)
         topic, event = r.text(tl, "topic"), r.text(el, "event")
         meta = _decode_meta(r.text(ml, "metadata"))
-        payload: dict[str, Any] = {"type": "broadcast", "event": event,
-                                   "payload": _decode_user_data(encoding, r.rest())}
+        payload: dict[str, Any] = {
+            "type": "broadcast",
+            "event": event,
+            "payload": _decode_user_data(encoding, r.rest()),
+        }
         if meta:
             payload["meta"] = meta
         return Message(topic=topic, event="broadcast", payload=payload, user_broadcast=True)
@@ -397,8 +403,13 @@ def decode_binary(data: bytes, role: Role) -> Message:
         jl, rl, tl, sl = r.lengths(4)
         join_ref, ref = r.text(jl, "join_ref"), r.text(rl, "ref")
         topic, status = r.text(tl, "topic"), r.text(sl, "status")
-        return Message(join_ref=join_ref or None, ref=ref or None, topic=topic, event="phx_reply",
-                       payload={"status": status, "response": r.rest()})
+        return Message(
+            join_ref=join_ref or None,
+            ref=ref or None,
+            topic=topic,
+            event="phx_reply",
+            payload={"status": status, "response": r.rest()},
+        )
     if kind == KIND_BROADCAST:
         tl, el = r.lengths(2)
         topic, event = r.text(tl, "topic"), r.text(el, "event")

@@ -115,6 +115,7 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
 
+    sub.add_parser("bench", add_help=False, help="run the benchmark harness (python -m benchmarks)")
     demo = sub.add_parser("demo", help="a narrated chat between three clients on the embedded server")
     demo.add_argument(
         "variant",
@@ -145,8 +146,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        # The harness has its own options (argparse would mangle its leading --flags).
+        from ._bench import run_bench
+
+        return run_bench(arguments[1:])
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     # The demo narrates connection losses itself; its log would only repeat them.
     quiet = logging.ERROR if args.command == "demo" else logging.WARNING
     level = [quiet, logging.INFO, logging.DEBUG][min(args.verbose, 2)]

@@ -34,7 +34,7 @@ import trio
 from ._client import open_realtime
 from ._config import RealtimeConfig
 from ._debounce import open_debounced_sender
-from ._demo import _Transcript
+from ._demo import _Person, _Transcript
 from ._embedded_postgres import EmbeddedPostgresError, open_embedded_postgres
 from ._groups import collapse
 from ._transport import Transport, connect_websocket
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 
     import psycopg
 
-    from ._subscription import Subscription
 
 __all__ = ["ChatDemoUnavailable", "run_chat_demo"]
 
@@ -149,19 +148,11 @@ class _Database:
 
 
 @attrs.define(eq=False)
-class _Member:
+class _Member(_Person):
     """One participant: what they saw, their database connection and their (flaky) network."""
 
-    name: str
-    transcript: _Transcript
-    events: list[RealtimeEvent] = attrs.field(factory=list)
-    changed: trio.Event = attrs.field(factory=trio.Event)
-    #: wait_for looks only at events after the last one it matched: steps happen in order.
-    cursor: int = 0
-    transports: list[Transport] = attrs.field(factory=list)
     #: Set while the network is up; connection attempts wait for it.
     network_up: trio.Event = attrs.field(factory=trio.Event)
-    room: Subscription | None = None
     db: _Database | None = None
     #: The messages this member has, by id: received live or refetched.
     messages: dict[int, tuple[str, str]] = attrs.field(factory=dict)
@@ -175,23 +166,12 @@ class _Member:
         self.network_up.set()
 
     @property
-    def joined_room(self) -> Subscription:
-        assert self.room is not None, f"{self.name} has not joined yet"
-        return self.room
-
-    @property
     def database(self) -> _Database:
         assert self.db is not None, f"{self.name} has no database connection yet"
         return self.db
 
     def say(self, text: str) -> None:
         self.transcript.say(self.name, text)
-
-    def record(self, event: RealtimeEvent) -> None:
-        self.events.append(event)
-        self._narrate(event)
-        self.changed.set()
-        self.changed = trio.Event()
 
     def _narrate(self, event: RealtimeEvent) -> None:
         match event:
@@ -226,14 +206,6 @@ class _Member:
                 self.say(f"rejoined the room (recovered={recovered}: messages sent meanwhile may be missing)")
             case _:
                 pass
-
-    async def wait_for(self, predicate: Callable[[RealtimeEvent], bool]) -> RealtimeEvent:
-        while True:
-            for index in range(self.cursor, len(self.events)):
-                if predicate(self.events[index]):
-                    self.cursor = index + 1
-                    return self.events[index]
-            await self.changed.wait()
 
     async def transport_factory(self, url: str) -> Transport:
         await self.network_up.wait()

@@ -48,10 +48,10 @@ import trio
 
 from ._errors import LocalProtocolError, SubscriptionClosed
 from ._groups import collapse
+from ._subscription import _Subscriber
 from ._util import NoPublicConstructor
 from .protocol import (
     BroadcastConfig,
-    Dropped,
     PostgresChanges,
     PresenceConfig,
     PresenceSync,
@@ -165,38 +165,12 @@ class EntityChannelsStatistics:
 
 
 @attrs.define(eq=False)
-class _Holder:
-    """One block's view of a shared channel: its own bounded queue."""
+class _Holder(_Subscriber):
+    """One block's view of a shared channel: its own bounded queue (drop-and-count on
+    overflow, with a :class:`Dropped` marker, exactly as a client subscription)."""
 
-    topic: str
-    send: trio.MemorySendChannel[RealtimeEvent]
-    receive: trio.MemoryReceiveChannel[RealtimeEvent]
-    dropped: int = 0
-    pending_dropped: int = 0
     #: The block exited: sends through it are errors.
     exited: bool = False
-
-    def deliver(self, event: RealtimeEvent) -> int:
-        """Queue ``event`` without blocking; return how many events were dropped (0 or 1)."""
-        if self.pending_dropped:
-            try:
-                self.send.send_nowait(Dropped(topic=self.topic, count=self.pending_dropped))
-            except trio.WouldBlock:
-                self.pending_dropped += 1
-                self.dropped += 1
-                return 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return 0
-            self.pending_dropped = 0
-        try:
-            self.send.send_nowait(event)
-        except trio.WouldBlock:
-            self.pending_dropped += 1
-            self.dropped += 1
-            return 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return 0
-        return 0
 
 
 @attrs.define(eq=False)
@@ -245,7 +219,9 @@ class _Entry:
 
     def add_holder(self, capacity: int) -> _Holder:
         send, receive = trio.open_memory_channel[RealtimeEvent](capacity)
-        holder = _Holder(topic=f"realtime:{self.name}", send=send, receive=receive)
+        holder = _Holder(
+            topic=f"realtime:{self.name}", send=send, receive=receive, capacity=capacity, overflow="drop"
+        )
         if self.ended:
             send.close()
         self.holders.append(holder)
@@ -260,7 +236,9 @@ class _Entry:
 
     def fan_out(self, event: RealtimeEvent) -> None:
         for holder in self.holders:
-            self.dropped += holder.deliver(event)
+            before = holder.dropped
+            holder.deliver(event)
+            self.dropped += holder.dropped - before
 
     def end(self, reason: str | None) -> None:
         """The channel ended from the other side: every holder's stream ends after its queue."""
@@ -732,9 +710,10 @@ class EntityChannels(metaclass=NoPublicConstructor):
             self._take(entry, holder_box)
             if holder_box is not None and kind == "presence" and entry.sub is not None:
                 # A later holder starts from the current state, as a first one would.
-                entry.dropped += holder_box[0].deliver(
-                    PresenceSync(topic=f"realtime:{name}", state=entry.sub.presence())
-                )
+                holder = holder_box[0]
+                before = holder.dropped
+                holder.deliver(PresenceSync(topic=f"realtime:{name}", state=entry.sub.presence()))
+                entry.dropped += holder.dropped - before
             return entry
 
     def _take(self, entry: _Entry, holder_box: list[_Holder] | None) -> None:

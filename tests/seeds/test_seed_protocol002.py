@@ -15,7 +15,6 @@ by waiting for events, never by sleeping. The codec itself is tested frame by fr
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 import uuid
@@ -46,7 +45,7 @@ from trio_realtime import (
     open_realtime,
 )
 from trio_realtime._transport import WsprotoTransport, connect_websocket
-from trio_realtime.server import RealtimeServer, ServerConfig, serve_realtime
+from trio_realtime.server import RealtimeServer
 from trio_realtime.server._auth import TokenVerifier
 from trio_realtime.server._handshake import Accept, Refuse
 from trio_realtime.server._seed002 import evaluate_seed002_upgrade
@@ -69,24 +68,6 @@ def token(*, exp_in: float = 3600, secret: str = SECRET) -> str:
 
 def seed(**kw: Any) -> RealtimeConfig:
     return RealtimeConfig(vsn="seed002", reconnect_backoff=BackoffPolicy(base=0.05, cap=0.2), **kw)
-
-
-@pytest.fixture
-def start_server(nursery: trio.Nursery) -> StartServer:
-    async def start(jwt_secret: str | None = None, **config: Any) -> RealtimeServer:
-        server: RealtimeServer = await nursery.start(
-            functools.partial(
-                serve_realtime, "127.0.0.1", 0, jwt_secret=jwt_secret, config=ServerConfig(**config)
-            )
-        )
-        return server
-
-    return start
-
-
-@pytest.fixture
-async def server(start_server: StartServer) -> RealtimeServer:
-    return await start_server()
 
 
 async def next_matching(sub: Subscription, predicate: Callable[[RealtimeEvent], bool]) -> RealtimeEvent:

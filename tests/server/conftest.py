@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
 
 import pytest
 import trio
 from _server_helpers import RawClient
 from trio_websocket import wrap_client_stream
 
-from trio_realtime.server import RealtimeServer, ServerConfig, serve_realtime
+from trio_realtime.server import RealtimeServer
 
 Connect = Callable[..., AbstractAsyncContextManager[RawClient]]
 StartServer = Callable[..., Awaitable[RealtimeServer]]
-
-
-@pytest.fixture
-def start_server(nursery: trio.Nursery) -> StartServer:
-    async def start(jwt_secret: str | None = None, **config: Any) -> RealtimeServer:
-        cfg = ServerConfig(**config)
-        server: RealtimeServer = await nursery.start(
-            functools.partial(serve_realtime, "127.0.0.1", 0, jwt_secret=jwt_secret, config=cfg)
-        )
-        return server
-
-    return start
-
-
-@pytest.fixture
-async def server(start_server: StartServer) -> RealtimeServer:
-    return await start_server()
 
 
 @pytest.fixture

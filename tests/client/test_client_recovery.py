@@ -153,3 +153,27 @@ async def test_expired_static_token_ends_the_subscription(autojump_clock: MockCl
             assert isinstance(await sub.receive(), SystemMessage)
             with pytest.raises(SubscriptionClosed, match="Token has expired"):
                 await sub.receive()
+
+
+async def test_rejoin_gives_up_after_max_attempts(autojump_clock: MockClock) -> None:
+    """SPEC M6: a per-channel rejoin policy with an attempt cap; the failure reaches the
+    subscriber as events and then SubscriptionClosed, not as a callback."""
+    from trio_realtime import BackoffPolicy
+
+    policy = BackoffPolicy(base=1.0, factor=2.0, jitter=False, max_attempts=3)
+    with trio.fail_after(60):
+        async with (
+            open_scripted_server() as server,
+            open_client(server, rejoin_backoff=policy) as client,
+            client.channel("room") as sub,
+        ):
+            server.reject_join(
+                "room", "Unauthorized: You do not have permissions to read from this Channel topic: room"
+            )
+            server.drop_connection()
+            assert isinstance(await sub.receive(), ChannelErrored)
+            with pytest.raises(SubscriptionClosed, match=r"rejoin gave up after 3 attempts: Unauthorized"):
+                await sub.receive()
+            # Lost at 0, reconnected at 1 (backoff 1); rejoins at 1, 2 (+1), 4 (+2); then it gives up.
+            assert [t for topic, t in server.join_times if topic == "realtime:room"] == [0.0, 1.0, 2.0, 4.0]
+            assert client.statistics().channels == 0

@@ -49,7 +49,7 @@ def test_exports() -> None:
     public = {name for name in dir(trio_realtime.server) if not name.startswith("_")}
     assert public == {"RealtimeServer", "ServerConfig", "ServerStatistics", "serve_realtime",
                       "DatabaseUnavailable", "EmbeddedPostgres", "EmbeddedPostgresError",
-                      "open_embedded_postgres"}
+                      "open_embedded_postgres", "AuthorizationRequest", "default_authorize"}
     for name in public:
         assert getattr(trio_realtime.server, name).__module__ == "trio_realtime.server"
 

@@ -408,7 +408,8 @@ def _postgres_change(ch: ChannelCore, payload: Any) -> list[Event]:
     data = payload["data"]
     ids = payload.get("ids")
     change_type = str(data.get("type", "")).upper()
-    id_set = set(ids) if isinstance(ids, list) else set()
+    # Binding ids are integers; anything else (even unhashable junk) matches nothing.
+    id_set = {i for i in ids if type(i) is int} if isinstance(ids, list) else set()
     matched = tuple(
         index
         for index, (binding, bid) in enumerate(zip(ch.bindings, ch.binding_ids, strict=False))

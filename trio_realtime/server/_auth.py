@@ -219,7 +219,8 @@ class TokenVerifier:
             return TokenRejected(failure=Failure.SIGNATURE)
         except jwt.InvalidAlgorithmError:
             return TokenRejected(failure=Failure.SIGNER)
-        except jwt.InvalidTokenError:
+        except (jwt.InvalidTokenError, ValueError, TypeError, KeyError, UnicodeError):
+            # Whatever a hostile token makes pyjwt raise, it is not a valid JWT.
             return TokenRejected(failure=Failure.MALFORMED)
         return check_claims(claims, now)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -33,6 +33,11 @@ def _positive(instance: object, attribute: attrs.Attribute[float], value: float)
         raise ValueError(f"ServerConfig.{attribute.name} must be > 0, got {value!r}")
 
 
+def _optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is not None:
+        _positive_int(instance, attribute, value)
+
+
 def _vsn(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if negotiate_vsn(value, value) != value:
         raise ValueError(f"ServerConfig.{attribute.name} must be '1.0.0' or '2.0.0', got {value!r}")
@@ -44,7 +49,9 @@ class ServerConfig:
     """Limits and timings of :func:`serve_realtime`.
 
     Defaults are the official server's (PROTOCOL.md §7.1) except the two error backoffs, which
-    default to 0 so development servers and tests answer errors at once.
+    default to 0 so development servers and tests answer errors at once, and the two tenant
+    rate limits (events and joins per second), which are off unless set: a reference server
+    mostly serves tests and benchmarks, which exceed 100 events/s by design.
 
     Attributes:
         max_frame_size: the largest WebSocket message accepted, in bytes (characters for text);
@@ -84,6 +91,27 @@ class ServerConfig:
             reaches a reading client whole instead of overflowing its queue. Meanwhile
             nobody gets row changes. A socket still that full afterwards is left to the
             overflow policy.
+        replay_max_limit: the most messages one join may ask to replay; a join's
+            ``config.broadcast.replay.limit`` is clamped to ``1..replay_max_limit`` (the
+            official server's 25, also the default ``limit``).
+        replay_memory_per_topic: without a database, private broadcasts kept per topic for
+            replay; the oldest are evicted first (and replays that reach back past them say
+            ``complete: false``).
+        replay_database_per_topic: with a database, rows kept per topic in the
+            ``realtime_messages`` table (trimmed every 100 inserts); None keeps them all.
+        max_events_per_second: the server-wide (single tenant) events/s limit: broadcast
+            pushes, fan-out deliveries and unknown events count, averaged as the official rate
+            counter does (see ``rate_counter_tick``). While it is triggered, nothing is
+            broadcast: a channel that sends a broadcast is closed with the ``system`` error ``Too
+            many messages per second`` (then ``phx_close``), and so is every channel that would
+            have received it. None (the default) disables it; the official default is 100.
+        max_joins_per_second: the server-wide joins/s limit (same averaging). While triggered,
+            a join is refused with ``ClientJoinRateLimitReached: Too many joins per second`` and
+            its socket is closed (1001), and upgrades are refused with 429 ``Too many joins per
+            second``. None (the default) disables it; the official default is 100.
+        rate_counter_tick: seconds per rate-counter tick (officially 5): the rate limits are
+            re-evaluated at tick boundaries.
+        rate_counter_ticks: ticks the rate is averaged over (officially 12: one minute).
     """
 
     max_frame_size: int = attrs.field(default=5_000_000, validator=_positive_int)
@@ -102,3 +130,10 @@ class ServerConfig:
     postgres_batch_size: int = attrs.field(default=1000, validator=_positive_int)
     postgres_max_record_bytes: int = attrs.field(default=1024 * 1024, validator=_positive_int)
     postgres_backpressure_timeout: float = attrs.field(default=2.0, validator=_non_negative)
+    replay_max_limit: int = attrs.field(default=25, validator=_positive_int)
+    replay_memory_per_topic: int = attrs.field(default=1000, validator=_positive_int)
+    replay_database_per_topic: int | None = attrs.field(default=100_000, validator=_optional_positive_int)
+    max_events_per_second: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    max_joins_per_second: int | None = attrs.field(default=None, validator=_optional_positive_int)
+    rate_counter_tick: float = attrs.field(default=5.0, validator=_positive)
+    rate_counter_ticks: int = attrs.field(default=12, validator=_positive_int)

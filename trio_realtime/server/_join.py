@@ -26,8 +26,10 @@ import attrs
 __all__ = ["JoinParams", "binding_id", "echo_binding", "parse_join", "presence_key_string"]
 
 _canonical = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=repr
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True, default=repr
 ).encode
+#: What the join reply will need: a binding that fails this cannot be echoed back.
+_strict = json.JSONEncoder(ensure_ascii=False, allow_nan=False).encode
 
 #: Ids are kept below 2**31 so every client language holds them in a plain int.
 _ID_MASK: Final = 0x7FFF_FFFF
@@ -87,7 +89,8 @@ def binding_id(binding: Mapping[str, Any]) -> int:
     Identical binding maps (whatever their key order) get identical ids, in every process:
     this is a BLAKE2b hash of canonical JSON, not Python's salted ``hash()``.
     """
-    digest = hashlib.blake2b(_canonical(dict(binding)).encode("utf-8"), digest_size=8).digest()
+    text = _canonical(dict(binding)).encode("utf-8", "surrogatepass")
+    digest = hashlib.blake2b(text, digest_size=8).digest()
     return (int.from_bytes(digest, "big") & _ID_MASK) or 1
 
 
@@ -168,6 +171,11 @@ def parse_join(payload: object) -> JoinParams:
             continue
         if not isinstance(binding, Mapping):
             problems.append(f"config.postgres_changes[{i}]: expected a map, got {type(binding).__name__}")
+            continue
+        try:
+            _strict(binding)
+        except (ValueError, RecursionError):
+            problems.append(f"config.postgres_changes[{i}]: not JSON-encodable (NaN, Infinity or too deep)")
             continue
         bindings.append(echo_binding(binding))
     return JoinParams(

@@ -5,24 +5,32 @@ Theory of operation
 ``open_realtime`` owns one nursery. In it runs one task, the *supervisor* (``_run``), which
 owns the connection: for each connection it opens a transport and an inner nursery holding the
 connection's sibling tasks — the *reader* (the only task that reads the socket), the
-*heartbeat*, and one short-lived *rejoin* task per channel that must be joined again. When
-any of them finds the connection dead it records the reason and cancels the inner nursery;
-siblings never raise for an expected failure, so the only exceptions that can escape are bugs.
-The supervisor then marks every live channel ERRORED (subscribers see ``ChannelErrored``),
-fails waiting pushes with ``ConnectionLost``, sleeps the backoff delay and reconnects.
+*heartbeat*, the *visibility watcher*, the *idle watcher* (lazy mode) and one short-lived
+*rejoin* task per channel that must be joined again. When any of them finds the connection
+over it records why (lost, idle, hidden) and cancels the inner nursery; siblings never raise
+for an expected failure, so the only exceptions that can escape are bugs. The supervisor then
+marks every live channel ERRORED (subscribers see ``ChannelErrored``), fails waiting pushes
+with ``ConnectionLost``, and reconnects: after the backoff delay for a loss, or as soon as the
+client is wanted again (a channel entered, the app visible) for an idle or hidden close.
 
 The reader decodes each batch of frames from one socket read with the sans-IO
 ``ClientConnection`` and routes events straight into the subscribers' bounded memory channels
-with ``send_nowait`` — no task hop, and a full queue never blocks the reader (the overflow
-policy decides). Replies resolve waiters keyed by ref.
+with ``send_nowait`` — no task hop, and a full queue never blocks a delivery (the overflow
+policy decides). Before its next socket read, the reader lets consumers whose queues filled up
+drain them (``_let_consumers_drain``): at most ``_DRAIN_WAIT`` per read, and never for a
+consumer that took nothing during a whole wait. Without that, a consumer taking one event per
+scheduling round loses to a reader queuing a whole read per round. Replies resolve waiters
+keyed by ref.
 
 Writes from any task go through ``_send_frame`` under one ``StrictFIFOLock``, so frames leave
 in the order their refs were made.
 
 Who joins a channel: the *first* join is done by the task that entered
 ``client.channel(...)`` (so it can raise ``JoinRejected``/``JoinTimedOut`` to its caller); it
-retries by itself if the connection drops mid-join. Every later join (after a lost connection
-or a ``phx_error``) is done by a rejoin task of the connection, with a fresh token.
+retries by itself if the connection drops mid-join. Every later join (after a lost connection,
+a ``phx_error``, a pause, or an expired token) is done by a rejoin task of the connection, with
+a fresh token. Subscriptions to one topic share one ``_Channel`` (one server join); the last
+one out leaves.
 """
 
 from __future__ import annotations

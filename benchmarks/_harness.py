@@ -27,6 +27,8 @@ from . import (
     s3_fanout,
     s4_join_scale,
     s5_reconnect,
+    s6_groups,
+    s7_postgres,
     s8_server_fanout,
 )
 from ._common import JS_MODULES, ROOT, Context, Result, unavailable
@@ -42,12 +44,8 @@ SCENARIOS: Final[dict[int, tuple[str, ModuleType | None, str, str]]] = {
     3: (s3_fanout.NAME, s3_fanout, s3_fanout.TITLE, ""),
     4: (s4_join_scale.NAME, s4_join_scale, s4_join_scale.TITLE, ""),
     5: (s5_reconnect.NAME, s5_reconnect, s5_reconnect.TITLE, ""),
-    6: ("groups", None, "6. Active-group switch vs leave+join, cost of each extra shared-topic subscriber",
-        "no scenario in the harness yet (active groups and shared topics landed after it was "
-        "written)"),
-    7: ("postgres_changes", None, "7. postgres_changes commit → event latency (p50/p99)",
-        "no scenario in the harness yet (needs the embedded PostgreSQL of the postgres extra; "
-        "postgres_changes landed after the harness was written)"),
+    6: (s6_groups.NAME, s6_groups, s6_groups.TITLE, ""),
+    7: (s7_postgres.NAME, s7_postgres, s7_postgres.TITLE, ""),
     8: (s8_server_fanout.NAME, s8_server_fanout, s8_server_fanout.TITLE, ""),
 }
 DEFAULT_OUT: Final = ROOT / "benchmarks" / "results"

@@ -3,12 +3,19 @@
 //   node benchmarks/realtime_js_reader.mjs --modules tests/interop/js --task throughput|rtt \
 //        --url ws://127.0.0.1:PORT/realtime/v1 --vsn 1.0.0|2.0.0 --size 100 \
 //        --warmup 0.3 --duration 1.0 [--rates 100,1000] [--lifetime-s 60]
+//   node benchmarks/realtime_js_reader.mjs --modules tests/interop/js --task postgres \
+//        --url ws://127.0.0.1:PORT/realtime/v1 --vsn 2.0.0 --table T --expect N [--idle 2]
 //
 // The same measurement protocol and JSON output line as benchmarks/_reader.py:
 // throughput counts broadcast callbacks, reading the clock every CHECK_EVERY messages, and
 // measures `duration` seconds after a `warmup` from the first broadcast; rtt sends self-broadcasts
 // at fixed rates and times each from just before its send to its callback
-// (performance.now(), one process). Loopback URLs only; exits by itself after --lifetime-s.
+// (performance.now(), one process). postgres (scenario 7, benchmarks/s7_postgres.py) joins a channel
+// with an INSERT binding on public.T, prints {"type":"ready"} once SUBSCRIBED and "Subscribed to
+// PostgreSQL" were both seen, then records each change's row id and arrival time
+// (process.hrtime.bigint(): CLOCK_MONOTONIC, the clock the Python side uses) until --expect
+// changes arrived or none came for --idle seconds. Loopback URLs only; exits by itself after
+// --lifetime-s.
 
 import { createRequire } from 'node:module'
 import { readFileSync } from 'node:fs'
@@ -29,6 +36,9 @@ function parseArgs(argv) {
     duration: 1.0,
     rates: '100,1000',
     lifetimeS: 60,
+    table: 'bench_changes',
+    expect: 0,
+    idle: 2,
   }
   const names = {
     '--modules': 'modules',
@@ -40,13 +50,16 @@ function parseArgs(argv) {
     '--duration': 'duration',
     '--rates': 'rates',
     '--lifetime-s': 'lifetimeS',
+    '--table': 'table',
+    '--expect': 'expect',
+    '--idle': 'idle',
   }
   for (let i = 0; i < argv.length; i += 2) {
     const key = names[argv[i]]
     if (!key || i + 1 >= argv.length) throw new Error(`bad argument ${argv[i]}`)
     opts[key] = argv[i + 1]
   }
-  for (const k of ['size', 'warmup', 'duration', 'lifetimeS']) opts[k] = Number(opts[k])
+  for (const k of ['size', 'warmup', 'duration', 'lifetimeS', 'expect', 'idle']) opts[k] = Number(opts[k])
   opts.rates = opts.rates.split(',').filter(Boolean).map(Number)
   const host = new URL(opts.url).hostname
   if (!['127.0.0.1', 'localhost', '[::1]', '::1'].includes(host)) {
@@ -129,6 +142,50 @@ if (opts.task === 'throughput') {
     }
   })
   channel.subscribe()
+} else if (opts.task === 'postgres') {
+  const ids = []
+  const recvNs = []
+  let last = null
+  let finished = false
+  const done = () => {
+    if (finished) return
+    finished = true
+    finish({ kind: 'realtime_js', status: 'ok', version, vsn: opts.vsn, ids, recv_ns: recvNs })
+  }
+  const channel = client.channel(`pg-bench-${process.pid}`)
+  channel.on('postgres_changes', { event: 'INSERT', schema: 'public', table: opts.table }, (payload) => {
+    recvNs.push(Number(process.hrtime.bigint()))
+    ids.push(payload.new.id)
+    last = performance.now()
+    if (ids.length >= opts.expect) done()
+  })
+  let subscribed = false
+  let systemOk = false
+  let ready = false
+  const maybeReady = () => {
+    if (subscribed && systemOk && !ready) {
+      ready = true
+      process.stdout.write(JSON.stringify({ type: 'ready' }) + '\n')
+    }
+  }
+  channel.on('system', {}, (payload) => {
+    if (payload.extension === 'postgres_changes' && payload.status === 'ok') {
+      systemOk = true
+      maybeReady()
+    }
+  })
+  channel.subscribe((status, err) => {
+    if (status === 'SUBSCRIBED') {
+      subscribed = true
+      maybeReady()
+    } else if (status === 'CHANNEL_ERROR' || status === 'TIMED_OUT') {
+      finished = true
+      finish({ kind: 'realtime_js', status: 'error', reason: `${status}: ${err ?? ''}` })
+    }
+  })
+  setInterval(() => {
+    if (last !== null && performance.now() - last > opts.idle * 1000) done()
+  }, 100)
 } else {
   const channel = client.channel(`rtt-${process.pid}`, {
     config: { broadcast: { self: true, ack: false } },

@@ -75,6 +75,8 @@ class ChannelCore:
     bindings: tuple[PostgresChanges, ...] = ()
     #: The server's id for each binding, from the last successful join reply.
     binding_ids: tuple[int | None, ...] = ()
+    #: Refs of this channel's pushes still waiting for a reply.
+    pending: set[str] = attrs.field(factory=set)
 
     def __attrs_post_init__(self) -> None:
         self.presence = PresenceTracker(self.topic)
@@ -125,7 +127,20 @@ class ClientConnection:
 
     def forget(self, ref: str) -> None:
         """Stop waiting for the reply to ``ref`` (the driver gave up on it)."""
-        self._pending.pop(ref, None)
+        self._settle(ref)
+
+    def _expect(self, ch: ChannelCore, ref: str, event: str) -> None:
+        self._pending[ref] = (ch.topic, event)
+        ch.pending.add(ref)
+
+    def _settle(self, ref: str) -> tuple[str, str] | None:
+        """Stop waiting for ``ref``; returns its ``(topic, event)`` if it was pending."""
+        entry = self._pending.pop(ref, None)
+        if entry is not None:
+            ch = self.channels.get(entry[0])
+            if ch is not None:
+                ch.pending.discard(ref)
+        return entry
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -142,6 +157,8 @@ class ClientConnection:
             elif ch.state is _S.LEAVING:
                 ch._to("error")
         self._pending.clear()
+        for ch in self.channels.values():
+            ch.pending.clear()
         self.heartbeat.stop()
         return events
 
@@ -160,9 +177,8 @@ class ClientConnection:
         if ch.state is not _S.CLOSED:
             raise LocalProtocolError(f"cannot remove channel {topic!r}: it is {ch.state.name}")
         del self.channels[topic]
-        for ref, (t, _) in list(self._pending.items()):
-            if t == topic:
-                del self._pending[ref]
+        for ref in ch.pending:
+            self._pending.pop(ref, None)
 
     def _channel(self, topic: str) -> ChannelCore:
         try:
@@ -183,21 +199,21 @@ class ClientConnection:
         ch.state = new_state
         ch.join_ref = ref
         ch.close_reason = None
-        self._pending[ref] = (topic, "phx_join")
+        self._expect(ch, ref, "phx_join")
         return ref, frame
 
     def join_timed_out(self, topic: str) -> None:
         ch = self._channel(topic)
         ch._to("timeout")  # first: an illegal call must leave the pending refs alone
         if ch.join_ref is not None:
-            self._pending.pop(ch.join_ref, None)
+            self._settle(ch.join_ref)
 
     def leave(self, topic: str) -> tuple[str, str | bytes]:
         """Start leaving; returns ``(ref, frame)``."""
         ch = self._channel(topic)
         ch._to("leave")
         ref = self.make_ref()
-        self._pending[ref] = (topic, "phx_leave")
+        self._expect(ch, ref, "phx_leave")
         return ref, self.serializer.encode(
             Message(join_ref=ch.join_ref, ref=ref, topic=topic, event="phx_leave", payload={})
         )
@@ -232,7 +248,7 @@ class ClientConnection:
         )
         self._ref += 1  # only once encoding succeeded: a refused push consumes no ref
         if expect_reply:
-            self._pending[ref] = (topic, event)
+            self._expect(ch, ref, event)
         return ref, frame
 
     # -- heartbeat ---------------------------------------------------------------------------
@@ -347,7 +363,7 @@ class ClientConnection:
             return [] if rtt is None else [HeartbeatAcked(rtt=rtt)]
         if msg.ref is None:
             return []
-        pending = self._pending.pop(msg.ref, None)
+        pending = self._settle(msg.ref)
         if pending is None:
             return []  # a reply we stopped waiting for
         topic, event = pending

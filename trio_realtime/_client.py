@@ -422,7 +422,8 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 )
                 return ch
             if ch.closing:
-                await ch.forgotten.wait()  # its last subscriber is leaving; then start afresh
+                while not ch.forgotten:  # its last subscriber is leaving; then start afresh
+                    await ch.wait_change()
                 continue
             if ch.config != config:
                 raise LocalProtocolError(
@@ -1010,7 +1011,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 except (ConnectionLost, LocalProtocolError):
                     return
             while ch.outbox and ch.core.state is ChannelState.JOINED:
-                item = ch.outbox.popleft()
+                item = ch.outbox.pop(0)
                 ch.wake_outbox()
                 try:
                     item.ref, frame = self._conn.push(
@@ -1060,7 +1061,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
         if self._conn.channels.get(ch.topic) is ch.core:
             self._conn.close_channel(ch.topic)
             self._conn.remove_channel(ch.topic)
-        ch.forgotten.set()
+        ch.mark_forgotten()
         self._notify_channels()
 
     def _forget_channel(self, ch: _Channel) -> None:
@@ -1072,7 +1073,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
             self._conn.remove_channel(ch.topic)
         for subscriber in list(ch.subscribers):
             ch.remove_subscriber(subscriber)
-        ch.forgotten.set()
+        ch.mark_forgotten()
 
     # -- pushes -------------------------------------------------------------------------------------
 
@@ -1100,7 +1101,7 @@ class RealtimeClient(metaclass=NoPublicConstructor):
                 await self._send_frame(frame)
             else:
                 while len(ch.outbox) >= ch.max_pending:
-                    await ch.outbox_space.wait()
+                    await ch.wait_change()
                     if ch.closing:
                         raise trio.ClosedResourceError(f"subscription to {ch.topic!r} was closed")
                     if ch.closed_reason is not None:

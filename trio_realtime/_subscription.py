@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -161,13 +160,13 @@ class _Channel:
     #: Serialises first joins: a subscriber entering while another is joining waits for it.
     join_lock: trio.Lock = attrs.field(factory=trio.Lock)
     #: Set once the client dropped this channel (left, or closed by the server).
-    forgotten: trio.Event = attrs.field(factory=trio.Event)
+    forgotten: bool = False
     #: The last subscriber's block is exiting: no more deliveries, no rejoins.
     closing: bool = False
     #: Why the channel ended from the other side (server close, rejoin give-up, client closed).
     closed_reason: str | None = None
-    outbox: collections.deque[_Outgoing] = attrs.field(factory=collections.deque)
-    outbox_space: trio.Event = attrs.field(factory=trio.Event)
+    #: At most ``max_pending`` items, so a list (56 bytes empty, against a deque's 600) is fine.
+    outbox: list[_Outgoing] = attrs.field(factory=list)
     #: True while buffered pushes are being sent after a join; direct sends wait their turn.
     flushing: bool = False
     #: The channel is joined and its outbox was flushed: pushes may go straight to the wire.
@@ -178,7 +177,9 @@ class _Channel:
     tracked_meta: dict[str, Any] | None = None
     #: The last postgres_changes subscription result (``system`` message) and its signal.
     postgres_status: SystemMessage | None = None
-    postgres_changed: trio.Event = attrs.field(factory=trio.Event)
+    #: Woken on each change of forgotten / outbox room / postgres_status; created only when
+    #: someone waits (most channels never need one: ~200 bytes each saved).
+    _changed: trio.Event | None = None
     #: Replay bookkeeping: ids already delivered (oldest first, bounded) and the Unix time of
     #: the last broadcast delivered (or of the first join, before any).
     seen_ids: dict[str, None] = attrs.field(factory=dict)
@@ -202,13 +203,12 @@ class _Channel:
     def postgres_result(self, message: SystemMessage) -> None:
         """The server reported the database subscription's result. Reader task only."""
         self.postgres_status = message
-        self.postgres_changed.set()
-        self.postgres_changed = trio.Event()
+        self.notify()
 
     async def wait_postgres_result(self) -> SystemMessage:
         """Wait for the result of the current join's database subscription."""
         while self.postgres_status is None:
-            await self.postgres_changed.wait()
+            await self.wait_change()
         return self.postgres_status
 
     def add_subscriber(self, capacity: int, overflow: OverflowPolicy) -> _Subscriber:
@@ -244,14 +244,30 @@ class _Channel:
 
     def fail_outbox(self, error: BaseException) -> None:
         while self.outbox:
-            item = self.outbox.popleft()
+            item = self.outbox.pop(0)
             item.error = error
             item.done.set()
         self.wake_outbox()
 
     def wake_outbox(self) -> None:
-        self.outbox_space.set()
-        self.outbox_space = trio.Event()
+        self.notify()
+
+    def mark_forgotten(self) -> None:
+        """The client dropped this channel; a subscription waiting to start afresh may go."""
+        self.forgotten = True
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every task in :meth:`wait_change`."""
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+    async def wait_change(self) -> None:
+        """Wait for the next :meth:`notify` (callers re-check their condition in a loop)."""
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
 
 
 @final
